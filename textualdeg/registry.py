@@ -1,0 +1,86 @@
+"""Name -> class registries for archs, datasets, losses and lr schedulers.
+
+Keeps BasicSR's API (``register``, ``get``, ``in``, ``keys``) without its import
+scanning: registries are filled by explicit imports (see
+``textualdeg/restoration/archs/__init__.py``). A duplicate name is an error and an
+unknown name raises ``KeyError`` listing every registered name.
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations", arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+
+class Registry:
+    """A named mapping from strings to classes or functions.
+
+    Args:
+        name (str): what the registry holds, used in error messages ("arch").
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._entries: dict[str, Any] = {}
+
+    def register(self, obj: Any = None, *, name: str | None = None) -> Any:
+        """Register ``obj`` under ``name`` (default: its ``__name__``).
+
+        Usable as ``@REG.register()``, ``@REG.register(name="X")`` or
+        ``REG.register(cls)``.
+        """
+        if obj is None:
+            return lambda o: self.register(o, name=name)
+        key = name or obj.__name__
+        if key in self._entries:
+            raise KeyError(
+                f"{self._name} '{key}' is already registered "
+                f"(by {self._entries[key].__module__}); names must be unique"
+            )
+        self._entries[key] = obj
+        return obj
+
+    def get(self, name: str) -> Any:
+        """Return the entry called ``name``; ``KeyError`` listing the known names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise KeyError(
+                f"unknown {self._name} '{name}'; registered {self._name}s: {known}"
+            ) from None
+
+    def build(self, spec: dict[str, Any], **extra: Any) -> Any:
+        """Instantiate ``spec['type']`` with the remaining keys (BasicSR's build_network)."""
+        if "type" not in spec:
+            raise KeyError(f"{self._name} spec needs a 'type' key; got keys {sorted(spec)}")
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        kwargs.update(extra)
+        cls = self.get(spec["type"])
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise TypeError(f"cannot build {self._name} '{spec['type']}' with {sorted(kwargs)}: {err}") from err
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def keys(self) -> list[str]:
+        """Sorted registered names."""
+        return sorted(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self._name!r}, {self.keys()})"
+
+
+ARCH_REGISTRY = Registry("arch")
+DATASET_REGISTRY = Registry("dataset")
+LOSS_REGISTRY = Registry("loss")
+SCHEDULER_REGISTRY = Registry("lr scheduler")
+
+__all__ = ["Registry", "ARCH_REGISTRY", "DATASET_REGISTRY", "LOSS_REGISTRY", "SCHEDULER_REGISTRY"]

@@ -1,0 +1,15 @@
+"""Prepare RESIDE_ITS: Li et al., TIP 2019, 'Benchmarking Single-Image Dehazing and Beyond' (RESIDE Indoor Training Set).
+
+Usage:
+    python data_prepare/prepare_reside_its.py --source DOWNLOAD_DIR --output datasets
+    python data_prepare/prepare_reside_its.py --check --output datasets
+
+See data_prepare/DatasetPreparation.md for the download, its license and the layout.
+"""
+
+import sys
+
+from textualdeg.data.prepare import main
+
+if __name__ == "__main__":
+    sys.exit(main('RESIDE_ITS'))

@@ -1,0 +1,590 @@
+"""Tests for textualdeg.checkpoint: weight files, full-state save/resume, rotation, and
+crash safety under SIGKILL from a parent process.
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations", arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from textualdeg.checkpoint import (
+    COMPLETE_MARKER,
+    LATEST_POINTER,
+    CheckpointError,
+    StateCheckpointer,
+    find_resume_state,
+    load_weights,
+    read_state_step,
+    save_weights,
+    state_dir_name,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_TIMEOUT_S = 120
+
+# A child process that saves in a loop until the parent kills it. Also imported by the
+# parent (same model builder and registered object) to resume what the child saved.
+CHILD_SOURCE = textwrap.dedent(
+    '''
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+
+    class SaveProbe:
+        """Registered for checkpointing; can stop inside save_state (after accelerate wrote
+        model, optimizer, scheduler and RNG files, before the custom object and marker)."""
+
+        def __init__(self, signal_dir=None, pause_at=None):
+            self.step = 0
+            self.signal_dir = signal_dir
+            self.pause_at = pause_at
+
+        def state_dict(self):
+            if self.signal_dir is not None and self.step == self.pause_at:
+                Path(self.signal_dir, f"inside_save_{self.step}").touch()
+                time.sleep(120)  # the parent SIGKILLs us here
+            return {"step": self.step}
+
+        def load_state_dict(self, state):
+            self.step = state["step"]
+
+
+    def build(width=512, depth=4):
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        model(torch.ones(2, width)).sum().backward()
+        optimizer.step()  # creates Adam moments, so optimizer.bin is twice the model size
+        return model, optimizer, scheduler
+
+
+    def set_weights(model, value):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(value)
+
+
+    def run_states(root, signal_dir, pause_at):
+        from accelerate import Accelerator
+        from textualdeg.checkpoint import StateCheckpointer
+
+        accelerator = Accelerator(cpu=True)
+        model, optimizer, scheduler = accelerator.prepare(*build())
+        probe = SaveProbe(signal_dir, pause_at)
+        accelerator.register_for_checkpointing(probe)
+        checkpointer = StateCheckpointer(root, keep_last=2)
+        for step in range(1, 10_000):
+            set_weights(model, float(step))
+            probe.step = step
+            Path(signal_dir, f"saving_{step}").touch()
+            checkpointer.save(accelerator, step)
+            Path(signal_dir, f"saved_{step}").touch()
+
+
+    def run_weights(path, signal_dir):
+        from textualdeg.checkpoint import save_weights
+
+        tensor = torch.empty(2048, 2048)  # 16 MiB per write
+        for version in range(1, 10_000):
+            tensor.fill_(float(version))
+            save_weights({"w": tensor}, path, metadata={"version": str(version)})
+            Path(signal_dir, f"wrote_{version}").touch()
+
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        if sys.argv[1] == "states":
+            pause = int(sys.argv[4]) if len(sys.argv) > 4 else None
+            run_states(sys.argv[2], sys.argv[3], pause)
+        else:
+            run_weights(sys.argv[2], sys.argv[3])
+    '''
+)
+
+
+@pytest.fixture
+def child_module(tmp_path):
+    """The child script on disk plus the same code imported into this process."""
+    path = tmp_path / "ckpt_child.py"
+    path.write_text(CHILD_SOURCE)
+    spec = importlib.util.spec_from_file_location("ckpt_child", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each test gets its own accelerate singletons (accelerate's own tests do the same)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def start_child(script: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = CHILD_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited ({proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def markers(folder: Path, prefix: str) -> list[int]:
+    return sorted(int(path.name[len(prefix):]) for path in folder.glob(f"{prefix}*"))
+
+
+# ---------------------------------------------------------------------------------------
+# weight files
+
+
+def test_save_load_weights_roundtrip_keeps_dtypes_and_metadata(tmp_path):
+    tensors = {
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "half": torch.randn(5).half(),
+        "bf16": torch.randn(5).bfloat16(),
+        "index": torch.arange(7),
+        "view": torch.randn(6, 4).t(),  # non-contiguous
+    }
+    path = save_weights(tensors, tmp_path / "sub" / "net.safetensors", metadata={"arch": "NAFNet"})
+    loaded = load_weights(path)
+    assert set(loaded) == set(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype
+        assert torch.equal(loaded[name], tensor)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["arch"] == "NAFNet"
+    assert os.listdir(path.parent) == ["net.safetensors"]
+
+
+def test_save_weights_handles_tied_weights_and_checks_types(tmp_path):
+    embedding = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embedding.weight  # tied: same storage twice
+    state = {"emb": embedding.weight, "head": head.weight}
+    loaded = load_weights(save_weights(state, tmp_path / "tied.safetensors"))
+    assert torch.equal(loaded["emb"], loaded["head"])
+    with pytest.raises(ValueError, match="expected torch.Tensor"):
+        save_weights({"a": np.zeros(3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="metadata"):
+        save_weights({"a": torch.zeros(3)}, tmp_path / "bad.safetensors", metadata={"step": 3})
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_load_weights_errors_name_path_and_cause(tmp_path):
+    good = save_weights({"w": torch.randn(64, 64)}, tmp_path / "good.safetensors").read_bytes()
+    cases = {
+        "missing.safetensors": (None, "no such file"),
+        "empty.safetensors": (b"", "empty"),
+        "half.safetensors": (good[: len(good) // 2], "truncated"),
+        "header_cut.safetensors": (good[:20], "truncated"),
+        "text.safetensors": (b"this is not a checkpoint at all" * 10, "not a safetensors or torch"),
+    }
+    for name, (content, cause) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=cause) as info:
+            load_weights(path)
+        assert str(path) in str(info.value) and info.value.path == path
+        assert isinstance(info.value, OSError)
+    with pytest.raises(CheckpointError, match="folder"):
+        load_weights(tmp_path)
+
+
+def test_load_weights_reads_official_torch_checkpoints(tmp_path):
+    params = {"intro.weight": torch.randn(16, 3, 3, 3), "intro.bias": torch.randn(16)}
+    ema = {name: tensor + 1 for name, tensor in params.items()}
+    torch.save({"params": params}, tmp_path / "NAFNet-GoPro-width32.pth")  # official layout
+    torch.save({"params": params, "params_ema": ema}, tmp_path / "both.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in params.items()}}, tmp_path / "ddp.pt")
+    torch.save(params, tmp_path / "plain.pth")
+    for name in ("NAFNet-GoPro-width32.pth", "both.pth", "ddp.pt", "plain.pth"):
+        loaded = load_weights(tmp_path / name)
+        assert set(loaded) == set(params), name
+        assert all(torch.equal(loaded[key], params[key]) for key in params), name
+    chosen = load_weights(tmp_path / "both.pth", param_key="params_ema")
+    assert torch.equal(chosen["intro.bias"], ema["intro.bias"])
+    with pytest.raises(CheckpointError, match="no entry 'params_ema'"):
+        load_weights(tmp_path / "plain.pth", param_key="params_ema")
+    # a torch file under a .safetensors name is still recognised by its content
+    (tmp_path / "renamed.safetensors").write_bytes((tmp_path / "plain.pth").read_bytes())
+    assert set(load_weights(tmp_path / "renamed.safetensors")) == set(params)
+
+
+def test_load_weights_rejects_broken_or_unsafe_torch_files(tmp_path):
+    torch.save({"params": {"w": torch.randn(256, 256)}}, tmp_path / "full.pth")
+    full = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(full[: len(full) // 2])
+    with pytest.raises(CheckpointError, match="cut.pth.*truncated"):
+        load_weights(tmp_path / "cut.pth")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled module, not tensors
+    with pytest.raises(CheckpointError, match="module.pth"):
+        load_weights(tmp_path / "module.pth")
+    torch.save({"params": {"w": torch.ones(2)}, "iter": 5, "w2": 3}, tmp_path / "mixed.pth")
+    assert set(load_weights(tmp_path / "mixed.pth")) == {"w"}
+    torch.save({"w": torch.ones(2), "iter": 5}, tmp_path / "notensor.pth")
+    with pytest.raises(CheckpointError, match="'iter' is a int"):
+        load_weights(tmp_path / "notensor.pth")
+
+
+def test_sigkill_during_save_weights_keeps_previous_file(tmp_path, child_module):
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "net_g.safetensors"
+    proc = start_child(tmp_path / "ckpt_child.py", "weights", str(target), str(signals))
+    try:
+        wait_for(proc, lambda: (signals / "wrote_1").exists(), "the first complete write")
+
+        def temp_file_present() -> bool:
+            return any(name.startswith(".net_g.safetensors.") for name in os.listdir(out))
+
+        for _ in range(50):
+            wait_for(proc, temp_file_present, "a write in progress")
+            os.kill(proc.pid, signal.SIGSTOP)  # freeze it, then check we froze it mid-write
+            if temp_file_present():
+                break
+            os.kill(proc.pid, signal.SIGCONT)  # the write finished meanwhile: catch the next one
+        sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    leftovers = [name for name in os.listdir(out) if name != "net_g.safetensors"]
+    assert leftovers, "the kill should have landed inside a write (temporary file left behind)"
+    written = markers(signals, "wrote_")
+    loaded = load_weights(target)  # must load: the previous version, complete
+    value = loaded["w"][0, 0].item()
+    assert value in (written[-1], written[-1] + 1)  # + 1: killed between rename and marker
+    assert torch.all(loaded["w"] == value)
+
+
+# ---------------------------------------------------------------------------------------
+# full training state
+
+
+class Counter:
+    """A custom object registered with accelerator.register_for_checkpointing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+def _tiny_run(seed: int = 0):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    counter = Counter()
+    accelerator.register_for_checkpointing(counter)
+    return accelerator, model, optimizer, scheduler, counter
+
+
+def _train_step(accelerator, model, optimizer, scheduler, counter) -> None:
+    loss = model(torch.randn(4, 8)).pow(2).mean()
+    accelerator.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    counter.count += 1
+
+
+def _draws() -> tuple:
+    return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+
+def test_save_then_resume_restores_everything(tmp_path, fresh_accelerate_state):
+    run = _tiny_run()
+    for _ in range(2):
+        _train_step(*run)
+    accelerator, model, optimizer, scheduler, counter = run
+    folder = StateCheckpointer(tmp_path / "state").save(accelerator, 2)
+    assert folder == tmp_path / "state" / "step_00000002"
+    expected_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    expected_moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    expected_lr = scheduler.get_last_lr()
+    expected_draws = _draws()  # the RNG streams right after the save
+    _train_step(*run)  # move every piece of state away from the saved one
+    assert counter.count == 3
+
+    resumed = _tiny_run(seed=123)
+    accelerator, model, optimizer, scheduler, counter = resumed
+    assert StateCheckpointer(tmp_path / "state").resume(accelerator) == 2
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected_weights[name]), name
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], expected_moments)
+    assert scheduler.get_last_lr() == expected_lr
+    assert counter.count == 2
+    assert _draws() == expected_draws
+
+
+def test_resume_without_any_state_returns_none_and_bad_path_raises(tmp_path, fresh_accelerate_state):
+    accelerator = _tiny_run()[0]
+    checkpointer = StateCheckpointer(tmp_path / "state")
+    assert checkpointer.latest() is None
+    assert checkpointer.resume(accelerator) is None
+    with pytest.raises(CheckpointError, match="no complete training state") as info:
+        checkpointer.resume(accelerator, path=tmp_path / "nowhere")
+    assert "nowhere" in str(info.value)
+
+
+def test_keep_last_rotation_and_latest_pointer(tmp_path, fresh_accelerate_state):
+    accelerator = _tiny_run()[0]
+    checkpointer = StateCheckpointer(tmp_path / "state", keep_last=2)
+    for step in (10, 20, 30, 40):
+        checkpointer.save(accelerator, step)
+    names = sorted(path.name for path in (tmp_path / "state").iterdir())
+    assert names == ["latest", "step_00000030", "step_00000040"]
+    assert (tmp_path / "state" / LATEST_POINTER).read_text().strip() == "step_00000040"
+    record = json.loads((tmp_path / "state" / "step_00000040" / COMPLETE_MARKER).read_text())
+    assert record["step"] == 40 and record["num_processes"] == 1 and "time" in record
+    assert checkpointer.latest() == tmp_path / "state" / "step_00000040"
+    # re-saving an existing step replaces it in place
+    checkpointer.save(accelerator, 40)
+    assert read_state_step(tmp_path / "state" / "step_00000040") == 40
+    assert [s for s, _ in checkpointer.complete_states()] == [30, 40]
+    with pytest.raises(ValueError, match="keep_last=0"):
+        StateCheckpointer(tmp_path, keep_last=0)
+    with pytest.raises(ValueError, match="step=-1"):
+        checkpointer.save(accelerator, -1)
+
+
+def test_latest_ignores_partial_states_and_stale_pointer(tmp_path, fresh_accelerate_state):
+    root = tmp_path / "state"
+    checkpointer = StateCheckpointer(root, keep_last=5)
+    accelerator = _tiny_run()[0]
+    checkpointer.save(accelerator, 1)
+    checkpointer.save(accelerator, 2)
+    # a killed save: files present but no marker (hidden temp name, or a final-looking name)
+    partial = root / ".tmp_step_00000003"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    unmarked = root / state_dir_name(4)
+    unmarked.mkdir()
+    (unmarked / "model.safetensors").write_bytes(b"x")
+    wrong = root / state_dir_name(5)  # marker disagreeing with the folder name
+    wrong.mkdir()
+    (wrong / COMPLETE_MARKER).write_text(json.dumps({"step": 9}))
+    garbled = root / state_dir_name(6)
+    garbled.mkdir()
+    (garbled / COMPLETE_MARKER).write_text("{not json")
+    assert checkpointer.latest() == root / "step_00000002"
+    # pointer stale (kill between rename and pointer write) or missing: scanning wins
+    (root / LATEST_POINTER).write_text("step_00000001\n")
+    assert checkpointer.latest() == root / "step_00000002"
+    (root / LATEST_POINTER).unlink()
+    assert checkpointer.latest() == root / "step_00000002"
+    assert find_resume_state(root) == root / "step_00000002"
+    assert find_resume_state(root / "step_00000001") == root / "step_00000001"
+    assert find_resume_state(partial) is None
+    assert find_resume_state(tmp_path / "missing") is None
+    # the next save removes the leftovers of the killed save but never user folders
+    checkpointer.save(accelerator, 7)
+    assert not partial.exists() and unmarked.exists()
+    assert checkpointer.resume(accelerator, path=root / "step_00000001") == 1
+
+
+def test_automatic_checkpoint_naming_is_refused(tmp_path, fresh_accelerate_state):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(project_dir=str(tmp_path), automatic_checkpoint_naming=True),
+    )
+    with pytest.raises(ValueError, match="automatic_checkpoint_naming"):
+        StateCheckpointer(tmp_path / "state").save(accelerator, 1)
+
+
+def _assert_resumes(root: Path, child_module, expected_step: int) -> None:
+    """Resume ``root`` in this process with the child's objects; weights must equal the step."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, scheduler = accelerator.prepare(*child_module.build())
+    probe = child_module.SaveProbe()
+    accelerator.register_for_checkpointing(probe)
+    assert StateCheckpointer(root).resume(accelerator) == expected_step
+    assert probe.step == expected_step
+    assert all(torch.all(p == expected_step) for p in model.parameters())
+    assert len(optimizer.state_dict()["state"]) == 8  # Adam moments of 4 weights + 4 biases
+
+
+def test_sigkill_inside_state_save_keeps_previous_state(tmp_path, child_module, fresh_accelerate_state):
+    root, signals = tmp_path / "state", tmp_path / "signals"
+    signals.mkdir()
+    proc = start_child(tmp_path / "ckpt_child.py", "states", str(root), str(signals), "2")
+    try:
+        # the child pauses inside save_state of step 2, after accelerate wrote the model,
+        # optimizer, scheduler and RNG files: kill it there
+        wait_for(proc, lambda: (signals / "inside_save_2").exists(), "the middle of the second save")
+        sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = root / ".tmp_step_00000002"
+    assert (partial / "model.safetensors").is_file()  # the new weights were being written...
+    assert torch.all(load_weights(partial / "model.safetensors")["0.weight"] == 2)
+    assert not (partial / COMPLETE_MARKER).exists()
+    checkpointer = StateCheckpointer(root)
+    assert checkpointer.latest() == root / "step_00000001"  # ...but never taken as complete
+    assert (root / LATEST_POINTER).read_text().strip() == "step_00000001"
+    assert torch.all(load_weights(root / "step_00000001" / "model.safetensors")["0.weight"] == 1)
+    _assert_resumes(root, child_module, expected_step=1)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_exposes_a_partial_state(tmp_path, child_module, fresh_accelerate_state):
+    root, signals = tmp_path / "state", tmp_path / "signals"
+    signals.mkdir()
+    proc = start_child(tmp_path / "ckpt_child.py", "states", str(root), str(signals))
+    delay = random.Random().uniform(0.0, 1.0)
+    try:
+        wait_for(proc, lambda: (signals / "saved_1").exists(), "the first complete save")
+        time.sleep(delay)
+        sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    saved, started = markers(signals, "saved_"), markers(signals, "saving_")
+    latest = StateCheckpointer(root).latest()
+    step = read_state_step(latest)
+    context = f"delay={delay:.3f}s saved={saved} started={started} folders={os.listdir(root)}"
+    assert saved[-1] <= step <= started[-1], context
+    for folder in root.iterdir():  # every complete-looking state really is complete
+        if read_state_step(folder) is not None:
+            value = read_state_step(folder)
+            assert torch.all(load_weights(folder / "model.safetensors")["0.weight"] == value), context
+            assert (folder / "custom_checkpoint_0.pkl").is_file(), context
+    _assert_resumes(root, child_module, expected_step=step)
+
+
+MULTI_PROCESS_SCRIPT = textwrap.dedent(
+    '''
+    import json, sys
+    from pathlib import Path
+
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+
+    from textualdeg.checkpoint import StateCheckpointer
+
+    root, report = Path(sys.argv[1]), Path(sys.argv[2])
+    accelerator = Accelerator()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    checkpointer = StateCheckpointer(root, keep_last=1)
+    for step in (1, 2):
+        with torch.no_grad():
+            model.module.weight.fill_(step)
+        checkpointer.save(accelerator, step)
+    files = sorted(p.name for p in (root / "step_00000002").iterdir())
+    with torch.no_grad():
+        model.module.weight.fill_(-1.0)
+    torch.manual_seed(1000 + accelerator.process_index)
+    resumed = checkpointer.resume(accelerator)
+    record = {
+        "rank": accelerator.process_index,
+        "world": accelerator.num_processes,
+        "resumed": resumed,
+        "weight": model.module.weight[0, 0].item(),
+        "files": files,
+        "folders": sorted(p.name for p in root.iterdir()),
+    }
+    (report / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
+    '''
+)
+
+
+@pytest.mark.slow
+def test_two_process_save_and_resume(tmp_path):
+    script = tmp_path / "two_rank_checkpoint.py"
+    script.write_text(MULTI_PROCESS_SCRIPT)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free a moment ago; no fixed port to collide on
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate), "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
+        "--main_process_port", str(port),
+        str(script), str(tmp_path / "state"), str(tmp_path),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert [r["rank"] for r in records] == [0, 1]
+    for record in records:
+        assert record["world"] == 2 and record["resumed"] == 2 and record["weight"] == 2.0
+        assert record["folders"] == ["latest", "step_00000002"]  # keep_last=1, no leftovers
+        # save_state ran on both ranks: one RNG file per rank, plus the marker
+        assert {"random_states_0.pkl", "random_states_1.pkl", COMPLETE_MARKER} <= set(record["files"])

@@ -1,0 +1,165 @@
+"""Crash-safe file writing: a file is either the old version or the complete new one.
+
+``atomic_write`` hands out a temporary path in the destination folder; when the block
+finishes without error the temporary file is flushed to disk (fsync), renamed over the
+destination with ``os.replace`` (atomic on POSIX and Windows within one file system) and
+the folder entry is flushed too. A crash or SIGKILL at any moment leaves the previous
+file untouched; at worst a hidden ``.<name>.<pid>.<random>.tmp`` file stays behind.
+
+Part of textualdeg, a reimplementation of "Improving Image Restoration through Removing
+Degradations in Textual Representations" (Lin et al., CVPR 2024, arXiv:2312.17334).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from textualdeg.log import get_logger
+
+logger = get_logger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path_for(path: str | os.PathLike) -> Path:
+    """Return a fresh hidden temporary path next to ``path`` (same folder, same file system).
+
+    The name is ``.<name>.<pid>.<random>.tmp``: hidden, and it never ends with the
+    destination's extension, so folder listings of images or weights skip it.
+
+    Args:
+        path: the final destination.
+
+    Returns:
+        A path that does not exist yet (the file is not created).
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (creations, renames) to disk.
+
+    A no-op on platforms that cannot open a folder for fsync (Windows).
+
+    Args:
+        path: an existing folder.
+    """
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open folders; rename durability is the OS's job there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (e.g. certain network mounts) refuse folder fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's content to disk.
+
+    Args:
+        path: an existing regular file.
+    """
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """Flush every file and folder under ``path`` (inclusive) to disk.
+
+    Used before a folder of files is declared complete (see ``textualdeg.checkpoint``).
+
+    Args:
+        path: an existing folder.
+    """
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        fsync_directory(folder)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path, then move it over ``path``.
+
+    The caller writes the complete file to the yielded path (with any library:
+    ``safetensors.torch.save_file``, ``open``, ``cv2.imwrite``...). On normal exit the
+    temporary file is fsynced, renamed to ``path`` with ``os.replace`` and the folder is
+    fsynced. On an exception the temporary file is removed and the exception propagates;
+    ``path`` keeps its previous content (or stays absent).
+
+    The parent folder must exist (it is not created here).
+
+    Example::
+
+        with atomic_write("net_g.safetensors") as tmp:
+            safetensors.torch.save_file(tensors, tmp)
+
+    Args:
+        path: the final destination.
+
+    Yields:
+        The temporary path (``pathlib.Path``) to write to, in the same folder as ``path``.
+
+    Raises:
+        FileNotFoundError: the parent folder is missing, or nothing was written to the
+            temporary path.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(
+                f"atomic_write({path}): nothing was written to the temporary file {tmp}"
+            )
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # BaseException: also clean up on KeyboardInterrupt; SIGKILL leaves the hidden temp file.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data`` (see ``atomic_write``).
+
+    Args:
+        path: the destination file; its folder must exist.
+        data: the complete new content.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+    """
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Atomically replace ``path`` with ``text`` (see ``atomic_write``).
+
+    Args:
+        path: the destination file; its folder must exist.
+        text: the complete new content.
+        encoding: text encoding.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+    """
+    return atomic_write_bytes(path, text.encode(encoding))

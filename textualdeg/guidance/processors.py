@@ -195,8 +195,9 @@ def install_global_kv(unet: UNet2DConditionModel) -> dict[str, GlobalKVAttnProce
         processors[name + _PROCESSOR_SUFFIX] = installed[name]
     if not installed:
         raise ValueError("install_global_kv: the UNet has no cross-attention (attn2) layers")
+    num_attention_layers = len(processors)  # set_attn_processor empties the dict it is given
     unet.set_attn_processor(processors)
-    logger.info("installed %d global-K/V processors (of %d attention layers)", len(installed), len(processors))
+    logger.info("installed %d global-K/V processors (of %d attention layers)", len(installed), num_attention_layers)
     return installed
 
 

@@ -1,0 +1,32 @@
+"""Stage 2: train the textual-restoration mapper (stage-1 mapper and global K/V frozen).
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
+
+    python scripts/train/train_tr_mapping.py -opt options/train_tr/sd21base_vith14.yml
+    torchrun --nproc_per_node 4 scripts/train/train_tr_mapping.py -opt FILE --set path.i2t_mapper=PATH
+    accelerate launch --config_file configs/accelerate/4_gpu.yaml scripts/train/train_tr_mapping.py -opt FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from textualdeg.guidance.schema import TR_SCHEMA
+from textualdeg.guidance.train import train_mapper
+from textualdeg.options import add_option_arguments, load_options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``-opt FILE`` and repeatable ``--set key.path=value``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return add_option_arguments(parser).parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    train_mapper(load_options(args.opt, TR_SCHEMA, args.set), "tr")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,149 @@
+"""Tests of guidance generation (textualdeg.guidance.generate) through the real script, on tiny models.
+
+Results must not depend on batch size or process count, existing outputs are skipped,
+a manifest is written, and mapper files that do not fit are named in the error.
+Paper: arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from textualdeg.guidance.mappers import ImageToTextMapper, TextRestorationMapper, save_mapper_weights
+from textualdeg.guidance.models import load_clip_vision, load_stable_diffusion
+from textualdeg.guidance.processors import global_kv_state_dict, install_global_kv
+from textualdeg.imageio import read_image, write_image
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "generate" / "generate_reference.py"
+STEMS = ("astronaut", "chelsea", "coffee")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (two threads spin against each other on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("generate_reference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(opt_file: Path, *overrides: str) -> dict:
+    script = _script()
+    args = ["-opt", str(opt_file)]
+    for item in overrides:
+        args += ["--set", item]
+    from textualdeg.guidance.generate import generate
+    from textualdeg.guidance.schema import GENERATE_SCHEMA
+    from textualdeg.options import load_options
+
+    parsed = script.parse_args(args)
+    return generate(load_options(parsed.opt, GENERATE_SCHEMA, parsed.set))
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_paths, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Random-weight mapper files (4 words), three input photographs and an options file."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("generate")
+    sd = load_stable_diffusion(tiny_paths["stable_diffusion"])
+    clip = load_clip_vision(tiny_paths["clip_vision"])
+    torch.manual_seed(0)
+    i2t = ImageToTextMapper.for_models(clip, sd.text_encoder, num_words=4, hidden_dim=16)
+    install_global_kv(sd.unet)
+    save_mapper_weights(root / "i2t.safetensors", i2t, global_kv_state_dict(sd.unet))
+    save_mapper_weights(root / "tr.safetensors", TextRestorationMapper.for_models(sd.text_encoder, 4, 16))
+    save_mapper_weights(root / "tr5.safetensors", TextRestorationMapper.for_models(sd.text_encoder, 5, 16))
+    for name, step in zip(STEMS, (4, 2, 3)):  # 128x128, 150x226, 134x200
+        write_image(root / "input" / f"{name}.png", getattr(data, name)()[::step, ::step].astype(np.float32) / 255)
+    options = {
+        "path": {
+            "stable_diffusion": str(tiny_paths["stable_diffusion"]),
+            "clip_vision": str(tiny_paths["clip_vision"]),
+            "i2t_mapper": str(root / "i2t.safetensors"),
+            "tr_mapper": str(root / "tr.safetensors"),
+        },
+        "network_g": {"num_words": 4, "hidden_dim": 16},
+        "datasets": {"test": {"dataroot_lq": str(root / "input"), "dataroot_ref": str(root / "out_b2")}},
+        "generate": {"steps": 3, "resolution": 32, "dtype": "float32", "batch_size": 2},
+    }
+    opt_file = root / "generate.yml"
+    opt_file.write_text(yaml.safe_dump(options))
+    counts = _run(opt_file)
+    return {"root": root, "opt": opt_file, "first_run": counts, "reference": _read_all(root / "out_b2")}
+
+
+def _read_all(folder: Path) -> dict[str, np.ndarray]:
+    return {stem: read_image(folder / f"{stem}.png") for stem in STEMS}
+
+
+def test_outputs_manifest_and_skip_existing(setup):
+    out = setup["root"] / "out_b2"
+    assert setup["first_run"] == {"pending": 3, "skipped": 0, "written": 3}
+    assert all(image.shape == (32, 32, 3) for image in setup["reference"].values())
+    assert not np.array_equal(setup["reference"]["astronaut"], setup["reference"]["coffee"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["steps"] == 3 and manifest["settings"]["guidance_scale"] == 5.0
+    assert manifest["settings"]["dtype"] == "float32"
+    unet_files = manifest["models"]["stable_diffusion"]["files"]
+    assert len(unet_files["unet/diffusion_pytorch_model.safetensors"]["fingerprint"]) == 64
+    assert set(manifest["models"]) == {"stable_diffusion", "clip_vision", "i2t_mapper", "tr_mapper"}
+
+    stamps = {stem: (out / f"{stem}.png").stat().st_mtime_ns for stem in STEMS}
+    assert _run(setup["opt"]) == {"pending": 0, "skipped": 3, "written": 0}
+    assert stamps == {stem: (out / f"{stem}.png").stat().st_mtime_ns for stem in STEMS}
+
+    (out / "chelsea.png").unlink()  # as if the run had been killed before this image
+    assert _run(setup["opt"]) == {"pending": 1, "skipped": 2, "written": 1}
+    np.testing.assert_array_equal(read_image(out / "chelsea.png"), setup["reference"]["chelsea"])
+
+
+def test_batch_size_does_not_change_results(setup):
+    out = setup["root"] / "out_b1"
+    _run(setup["opt"], "generate.batch_size=1", f"datasets.test.dataroot_ref={out}")
+    for stem, image in _read_all(out).items():
+        np.testing.assert_array_equal(image, setup["reference"][stem], err_msg=stem)
+
+
+def test_manifest_refuses_mixing_settings(setup):
+    with pytest.raises(ValueError, match="manifest.json"):
+        _run(setup["opt"], "generate.steps=4")
+
+
+def test_mismatched_mapper_names_the_file(setup, tmp_path):
+    tr5 = setup["root"] / "tr5.safetensors"
+    with pytest.raises(ValueError, match="tr5.safetensors"):
+        _run(setup["opt"], f"path.tr_mapper={tr5}", f"datasets.test.dataroot_ref={tmp_path / 'out'}")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(setup, tmp_path):
+    out = tmp_path / "out_2proc"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(SCRIPT), "-opt", str(setup["opt"]), "--set", f"datasets.test.dataroot_ref={out}",
+    ]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr and "wrote 2 images on process 0" in result.stderr
+    for stem, image in _read_all(out).items():
+        np.testing.assert_array_equal(image, setup["reference"][stem], err_msg=stem)

@@ -1,0 +1,311 @@
+"""Stage 3: generate one guidance image per degraded input image.
+
+``generate(opt)`` reads an option file validated by ``schema.GENERATE_SCHEMA``: for every
+``datasets.<key>`` it turns each image of ``dataroot_lq`` into ``dataroot_ref/<stem>.png``
+through CLIP -> I2T mapper -> TR mapper -> "a photo of a S" -> DDIM with classifier-free
+guidance against the empty prompt (``pipeline.GuidancePipeline``; method.md §3).
+
+* **Reproducible per image.** Each image's initial noise comes from
+  ``seed_from_name(stem, generate.seed)``, so an image's result does not depend on the
+  batch size, the process count or which other images are in the folder. (The authors
+  re-seeded 42 for every image, D51, so all images started from the same noise.)
+* **Resumable.** Outputs are written atomically and existing ones are skipped (unless
+  ``generate.overwrite``), so a killed run picks up where it stopped.
+* **Sharded.** The pending images are split across processes with accelerate's
+  ``PartialState.split_between_processes`` (``accelerate launch``, ``torchrun`` or plain
+  ``python``).
+* **Recorded.** ``dataroot_ref/manifest.json`` records the settings, the input folder and
+  a fingerprint of every model file. Fingerprint = SHA-256 over the file size (8 bytes,
+  little endian), its first MiB and its last MiB: cheap on multi-GB weights and it changes
+  with any retraining, though unlike a full hash it would miss an edit confined to the
+  middle of a file. A folder whose manifest records other settings or models is refused
+  (mixing guidance of two configurations), unless ``generate.overwrite``.
+
+The authors' script loaded CLIP from the SD folder (D13), read flags that did not exist
+(D13, D14) and ignored ``--num_words`` (D15); here every path comes from ``path:`` and the
+word count from ``network_g.num_words``, checked against the mapper files.
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from textualdeg.fileio import atomic_write_text
+from textualdeg.guidance.data import GuidanceInputDataset
+from textualdeg.guidance.mappers import ImageToTextMapper, TextRestorationMapper, load_mapper_weights
+from textualdeg.guidance.models import load_clip_vision, load_stable_diffusion
+from textualdeg.guidance.pipeline import GuidancePipeline, seed_from_name
+from textualdeg.guidance.processors import install_global_kv, load_global_kv
+from textualdeg.guidance.schema import GENERATE_SCHEMA
+from textualdeg.imageio import list_images, tensor_to_image, write_image
+from textualdeg.log import get_logger, setup_logging
+from textualdeg.options import Options, parse_options
+
+logger = get_logger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FINGERPRINT_CHUNK = 1 << 20  # 1 MiB from each end
+FINGERPRINT_RULE = "sha256(size as 8-byte little-endian + first 1 MiB + last 1 MiB)"
+SEED_RULE = "seed_from_name(stem, generate.seed): int(sha256(f'{seed}:{stem}')[:8], big-endian) >> 1"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def fingerprint(path: str | Path) -> str:
+    """Quick content fingerprint of a (possibly huge) file; see the module docstring.
+
+    Args:
+        path: a file.
+
+    Returns:
+        Hex SHA-256 of the size, the first MiB and the last MiB.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_CHUNK))
+        if size > FINGERPRINT_CHUNK:
+            handle.seek(max(FINGERPRINT_CHUNK, size - FINGERPRINT_CHUNK))
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def model_fingerprints(path: str | Path) -> dict[str, Any]:
+    """Fingerprints of a model file, or of every file under a model folder (sorted, relative names).
+
+    Returns:
+        ``{"path": str, "files": {relative name: {"size": int, "fingerprint": hex}}}``.
+    """
+    path = Path(path)
+    files = [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    root = path if path.is_dir() else path.parent
+    return {
+        "path": str(path),
+        "files": {
+            str(f.relative_to(root)): {"size": f.stat().st_size, "fingerprint": fingerprint(f)} for f in files
+        },
+    }
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``generate.dtype`` as a torch dtype; float16 on a CPU falls back to float32 (with a warning)."""
+    dtype = _DTYPES[name]
+    if device.type == "cpu" and dtype == torch.float16:
+        logger.warning("generate.dtype=float16 is not supported on the CPU; using float32")
+        return torch.float32
+    return dtype
+
+
+def plan_jobs(opt: Options) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
+    """Pair every input image with its output path and keep those still to generate.
+
+    Returns:
+        The pending ``(input, output)`` pairs (sorted by output path) and, per dataset
+        key, how many outputs already existed and were skipped.
+
+    Raises:
+        ValueError: two inputs of one folder share a stem (their outputs would collide).
+    """
+    jobs, skipped = [], {}
+    for key in opt.datasets:
+        ds = opt.datasets[key]
+        out_dir, seen, skipped[key] = Path(ds.dataroot_ref), {}, 0
+        for path in list_images(ds.dataroot_lq):
+            if path.stem in seen:
+                raise ValueError(
+                    f"datasets.{key}.dataroot_lq={ds.dataroot_lq}: {seen[path.stem].name} and {path.name} share the "
+                    f"stem {path.stem!r}; their guidance files would collide"
+                )
+            seen[path.stem] = path
+            out = out_dir / f"{path.stem}.png"
+            if out.exists() and not opt.generate.overwrite:
+                skipped[key] += 1
+            else:
+                jobs.append((path, out))
+    return sorted(jobs, key=lambda job: str(job[1])), skipped
+
+
+def build_manifest(opt: Options, dtype: torch.dtype) -> dict[str, Any]:
+    """Settings and model fingerprints, shared by every output folder of the run."""
+    g = opt.generate
+    settings = {
+        "steps": g.steps,
+        "guidance_scale": g.guidance_scale,
+        "seed": g.seed,
+        "seed_rule": SEED_RULE,
+        "resolution": g.resolution,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batched_cfg": g.batched_cfg,
+        "template": g.template,
+        "placeholder": g.placeholder,
+        "num_words": opt.network_g.num_words,
+        "hidden_dim": opt.network_g.hidden_dim,
+        "scheduler": "DDIM, eta 0",
+        "unconditional_prompt": "",
+        "crop": "central square, CLIP view bicubic to the encoder size",
+    }
+    models = {
+        "stable_diffusion": model_fingerprints(opt.path.stable_diffusion),
+        "clip_vision": model_fingerprints(opt.path.clip_vision),
+        "i2t_mapper": model_fingerprints(opt.path.i2t_mapper),
+        "tr_mapper": model_fingerprints(opt.path.tr_mapper),
+    }
+    return {"settings": settings, "models": models, "fingerprint_rule": FINGERPRINT_RULE}
+
+
+def _files(models: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fingerprints of a manifest's models without their paths (moving a folder changes nothing)."""
+    return None if models is None else {name: record.get("files") for name, record in models.items()}
+
+
+def write_manifests(opt: Options, manifest: dict[str, Any]) -> None:
+    """Main process: write ``manifest.json`` into every output folder, refusing to mix configurations."""
+    for key in opt.datasets:
+        ds = opt.datasets[key]
+        out_dir = Path(ds.dataroot_ref)
+        path = out_dir / MANIFEST_NAME
+        if path.is_file() and not opt.generate.overwrite:
+            old = json.loads(path.read_text())
+            if (old.get("settings"), _files(old.get("models"))) != (manifest["settings"], _files(manifest["models"])):
+                raise ValueError(
+                    f"{path} records other settings or models than this run; its guidance images would mix two "
+                    "configurations. Use another datasets.*.dataroot_ref, or --set generate.overwrite=true"
+                )
+        record = {
+            **manifest,
+            "dataset": key,
+            "dataroot_lq": str(ds.dataroot_lq),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> GuidancePipeline:
+    """Models from ``path:``, mappers checked against them, global K/V installed.
+
+    Raises:
+        ValueError: naming the mapper file whose word count or widths do not match the
+            models or ``network_g``, or an I2T file without global K/V.
+    """
+    p, net = opt.path, opt.network_g
+    for key in ("i2t_mapper", "tr_mapper"):
+        if not p[key]:
+            raise ValueError(f"path.{key} is required for generation")
+    sd = load_stable_diffusion(p.stable_diffusion, dtype=dtype, device=device)
+    image_encoder = load_clip_vision(p.clip_vision, open_clip_model=p.open_clip_model, dtype=dtype, device=device)
+    i2t = ImageToTextMapper.for_models(image_encoder, sd.text_encoder, net.num_words, net.hidden_dim)
+    global_kv = load_mapper_weights(i2t, p.i2t_mapper)
+    if not global_kv:
+        raise ValueError(f"{p.i2t_mapper}: holds no global K/V projections; expected a stage-1 (I2T) file")
+    install_global_kv(sd.unet)
+    load_global_kv(sd.unet, global_kv, source=str(p.i2t_mapper))
+    tr = TextRestorationMapper.for_models(sd.text_encoder, net.num_words, net.hidden_dim)
+    load_mapper_weights(tr, p.tr_mapper)
+    for mapper in (i2t, tr):
+        mapper.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return GuidancePipeline(sd, image_encoder, i2t, tr, opt.generate.template, opt.generate.placeholder)
+
+
+@torch.no_grad()
+def run_jobs(pipeline: GuidancePipeline, jobs: Sequence[tuple[Path, Path]], opt: Options, show_progress: bool) -> int:
+    """Generate ``jobs`` in batches of ``generate.batch_size``; each output written atomically.
+
+    Returns:
+        The number of images written.
+    """
+    from tqdm.auto import tqdm
+
+    g = opt.generate
+    outputs = {str(src): out for src, out in jobs}
+    dataset = GuidanceInputDataset([src for src, _ in jobs], clip_size=pipeline.image_encoder.config.image_size)
+    loader = DataLoader(dataset, batch_size=g.batch_size, shuffle=False, num_workers=0)
+    progress = tqdm(total=len(dataset), desc="guidance", disable=not show_progress)
+    written = 0
+    for batch in loader:
+        seeds = [seed_from_name(stem, g.seed) for stem in batch["stem"]]
+        images = pipeline(
+            batch["clip_input"],
+            seeds,
+            num_inference_steps=g.steps,
+            guidance_scale=g.guidance_scale,
+            resolution=g.resolution,
+            batched_cfg=g.batched_cfg,
+        )
+        for image, src in zip(images, batch["path"]):
+            write_image(outputs[src], tensor_to_image(image))
+            written += 1
+        progress.update(len(seeds))
+    progress.close()
+    return written
+
+
+def generate(opt: Options) -> dict[str, int]:
+    """Generate the guidance images of every ``datasets.<key>`` (see the module docstring).
+
+    Args:
+        opt: options validated by ``GENERATE_SCHEMA``.
+
+    Returns:
+        Counts over all processes' shares as seen by this process: ``pending`` (to generate
+        at start), ``skipped`` (already there) and ``written`` (by this process).
+    """
+    from accelerate import PartialState
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    state = PartialState(cpu=world_size > 1 and not torch.cuda.is_available())
+    setup_logging(is_main_process=state.is_main_process)
+    g = opt.generate
+    if g.batch_size < 1:
+        raise ValueError(f"generate.batch_size must be >= 1; got {g.batch_size}")
+    dtype = resolve_dtype(g.dtype, state.device)
+    jobs, skipped = plan_jobs(opt)
+    state.wait_for_everyone()  # every rank has listed the folders before anything is written
+    if state.is_main_process:
+        write_manifests(opt, build_manifest(opt, dtype))
+        logger.info(
+            "guidance: %d images to generate, %d already there (skipped), %d process(es)",
+            len(jobs), sum(skipped.values()), state.num_processes,
+        )
+    written = 0
+    if jobs:
+        pipeline = load_pipeline(opt, state.device, dtype)
+        with state.split_between_processes(jobs) as share:
+            written = run_jobs(pipeline, share, opt, show_progress=state.is_local_main_process)
+    state.wait_for_everyone()
+    logger.info("guidance: wrote %d images on process %d", written, state.process_index)
+    return {"pending": len(jobs), "skipped": sum(skipped.values()), "written": written}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    """``scripts/generate/generate_reference.py -opt FILE [--set k=v ...]``."""
+    return generate(parse_options(argv, GENERATE_SCHEMA, "Generate guidance images (stage 3)."))
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "build_manifest",
+    "fingerprint",
+    "generate",
+    "load_pipeline",
+    "main",
+    "model_fingerprints",
+    "plan_jobs",
+    "resolve_dtype",
+    "run_jobs",
+    "write_manifests",
+]

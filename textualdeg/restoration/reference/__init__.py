@@ -1,0 +1,27 @@
+"""Reference guidance for the restoration backbones (stage 4).
+
+"Improving Image Restoration through Removing Degradations in Textual Representations"
+(Lin et al., CVPR 2024, arXiv:2312.17334): the generated guidance image is encoded with
+the degraded input by one :class:`ReferenceEncoder`, matched coarse-to-fine
+(:class:`CoarseToFineMatcher`), warped level by level (:class:`PatchTransfer`) and fused
+into the backbone's encoder by identity-initialised blocks (:class:`ReferenceFusion`).
+:class:`ReferenceGuidedMixin` wires them into a backbone (see ``restoration/archs/guided_*.py``).
+"""
+
+from textualdeg.restoration.reference.encoder import ReferenceEncoder, ResidualBlock
+from textualdeg.restoration.reference.fusion import ReferenceFusion, ZeroGatedResidual
+from textualdeg.restoration.reference.guided import ReferenceGuidedMixin
+from textualdeg.restoration.reference.matching import CoarseToFineMatcher, Match, gather_windows
+from textualdeg.restoration.reference.transfer import PatchTransfer
+
+__all__ = [
+    "CoarseToFineMatcher",
+    "Match",
+    "PatchTransfer",
+    "ReferenceEncoder",
+    "ReferenceFusion",
+    "ReferenceGuidedMixin",
+    "ResidualBlock",
+    "ZeroGatedResidual",
+    "gather_windows",
+]

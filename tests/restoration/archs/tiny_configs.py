@@ -1,0 +1,38 @@
+"""Tiny constructor kwargs for every registered arch, used by the registry smoke test.
+
+Add one entry per name you register in ``ARCH_REGISTRY`` (the smoke test fails for a
+registered name without one). Guided archs (whose ``forward`` takes ``ref``) are detected
+from the signature and called as ``model(x, ref)``.
+"""
+
+from __future__ import annotations
+
+NAFNET_TINY = dict(img_channel=3, width=4, middle_blk_num=1, enc_blk_nums=(1, 1), dec_blk_nums=(1, 1))
+RESTORMER_TINY = dict(
+    dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2), ffn_expansion_factor=2.0
+)
+PROMPTIR_TINY = dict(
+    RESTORMER_TINY, prompt_dims=(8, 8, 16), prompt_sizes=(8, 4, 2), prompt_len=3
+)
+
+TINY_CONFIGS: dict[str, dict] = {
+    "NAFNet": NAFNET_TINY,
+    "NAFNetLocal": dict(NAFNET_TINY, train_size=(1, 3, 16, 16)),
+    "Restormer": RESTORMER_TINY,
+    "PromptIR": PROMPTIR_TINY,
+}
+
+# Guided archs (GUIDED engineer): the backbone's tiny config plus a small reference branch.
+# lr_block_size=4 keeps pad_multiple small (2**levels * 4); dilations must fit a 4-block.
+_REFERENCE_TINY = dict(ext_n_blocks=(1,), lr_block_size=4, dilations=(1, 2))
+GUIDED_NAFNET_TINY = dict(NAFNET_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1), reffusion_n_blocks_middle=1)
+GUIDED_RESTORMER_TINY = dict(RESTORMER_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1, 1))
+GUIDED_PROMPTIR_TINY = dict(PROMPTIR_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1, 1))
+TINY_CONFIGS.update(
+    {
+        "GuidedNAFNet": GUIDED_NAFNET_TINY,
+        "NAFNetRefFusion": GUIDED_NAFNET_TINY,
+        "GuidedRestormer": GUIDED_RESTORMER_TINY,
+        "GuidedPromptIR": GUIDED_PROMPTIR_TINY,
+    }
+)

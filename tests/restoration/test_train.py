@@ -1,0 +1,209 @@
+"""Tests for textualdeg.restoration.train: learning, exact resume, two processes, bad input.
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import textualdeg.restoration.archs.guided_nafnet  # noqa: F401  (registers GuidedNAFNet)
+from textualdeg.checkpoint import StateCheckpointer, load_weights
+from textualdeg.imageio import ImageReadError, read_image, write_image
+from textualdeg.metrics import Protocol, psnr
+from textualdeg.options import load_options
+from textualdeg.registry import ARCH_REGISTRY
+from textualdeg.restoration.schema import RESTORATION_SCHEMA
+from textualdeg.restoration.train import EpochSampler, build_dataset, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_data import make_tiny_folders, tiny_overrides  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "options" / "train_restoration" / "tiny_cpu.yml"
+SCRIPT = REPO / "scripts" / "train" / "train_restoration.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these small models train far faster than with two contending threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return make_tiny_folders(tmp_path_factory.mktemp("tiny_data"))
+
+
+def _opt(folders: dict[str, Path], exp: Path, *extra: str):
+    return load_options(TINY, RESTORATION_SCHEMA, tiny_overrides(folders, exp) + list(extra))
+
+
+def _weights(exp: Path, tag: str = "latest", ema: bool = False) -> dict[str, torch.Tensor]:
+    return load_weights(exp / "checkpoints" / f"net_g_{'ema_' if ema else ''}{tag}.safetensors")
+
+
+def test_training_raises_val_psnr_3db_above_noisy_input(folders, tmp_path):
+    exp = tmp_path / "run"
+    opt = _opt(folders, exp, "train.total_iter=120", "train.scheduler.periods=[120]", "val.val_freq=120",
+               "logger.save_checkpoint_freq=120", "logger.use_tb_logger=true")
+    assert train(opt) == exp
+    assert list((exp / "logs").glob("tiny_cpu/events.out.tfevents.*"))  # TensorBoard scalars
+    record = [json.loads(line) for line in (exp / "logs" / "val_metrics.jsonl").read_text().splitlines()]
+    assert record[-1]["step"] == 120 and record[-1]["dataset"] == "tiny_val"
+    val_set = build_dataset(opt.datasets["val"], "val", "tiny_val", opt.manual_seed)
+    protocol = Protocol(channels="rgb", crop_border=0, ssim_variant="gaussian3d", quantize="uint8")
+    noisy = np.mean([psnr(val_set[i]["lq"].permute(1, 2, 0).numpy(), val_set[i]["gt"].permute(1, 2, 0).numpy(),
+                          protocol).value for i in range(len(val_set))])
+    assert 19.0 < noisy < 21.5  # sigma 25
+    assert record[-1]["psnr"] > noisy + 3.0, (record[-1], noisy)
+    # run folder: resolved options reload, weights, side-by-side images (input | guidance | output | target)
+    assert load_options(exp / "options.yml", RESTORATION_SCHEMA).train.total_iter == 120
+    assert set(_weights(exp)) == set(_weights(exp, "120"))
+    vis = sorted((exp / "visualization" / "tiny_val").glob("*_120.png"))
+    assert len(vis) == 2
+    assert read_image(vis[0]).shape == (48, 4 * 48, 3)
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(folders, tmp_path):
+    common = ["datasets.train.batch_size_per_gpu=2", "train.ema_decay=0.9", "train.param_fix_iterations=2",
+              "train.scheduler.periods=[8]", "train.warmup_iter=3", "val.val_freq=100", "logger.print_freq=2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(_opt(folders, whole, "train.total_iter=8", "logger.save_checkpoint_freq=1", *common))
+    train(_opt(folders, parts, "train.total_iter=4", "logger.save_checkpoint_freq=4", *common))
+    assert StateCheckpointer(parts / "state").latest().name == "step_00000004"
+    # 12 images / batch 2 = 6 batches per epoch: step 4 is mid-epoch, 8 is in the next epoch
+    train(_opt(folders, parts, "train.total_iter=8", "logger.save_checkpoint_freq=4", *common))
+    for ema in (False, True):
+        a, b = _weights(whole, ema=ema), _weights(parts, ema=ema)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    # the backbone is frozen for the first 2 steps, then trains; the masa_* parameters train throughout
+    w1, w2, w3 = (_weights(whole, str(s)) for s in (1, 2, 3))
+    backbone = [k for k in w1 if not k.startswith("masa_")]
+    masa = [k for k in w1 if k.startswith("masa_") and w1[k].dtype.is_floating_point]
+    assert all(torch.equal(w1[k], w2[k]) for k in backbone)
+    assert any(not torch.equal(w1[k], w2[k]) for k in masa)
+    assert any(not torch.equal(w2[k], w3[k]) for k in backbone)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_path):
+    common = ["train.total_iter=3", "train.scheduler.periods=[3]", "val.val_freq=100", "train.warmup_iter=-1",
+              "logger.save_checkpoint_freq=3"]
+    one = tmp_path / "one"
+    train(_opt(folders, one, "datasets.train.batch_size_per_gpu=4", *common))
+    two = tmp_path / "two"
+    overrides = tiny_overrides(folders, two) + ["datasets.train.batch_size_per_gpu=2", *common]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+           "-opt", str(TINY)] + [arg for item in overrides for arg in ("--set", item)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (two / "state" / "step_00000003").is_dir()
+    a, b = _weights(one), _weights(two)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    torch.manual_seed(100)  # manual_seed: the initial weights of both runs
+    start = ARCH_REGISTRY.build(_opt(folders, one).network_g.to_dict()).state_dict()
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # the runs really trained
+
+
+def test_missing_guidance_image_is_an_error_naming_the_file(folders, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(folders["train_ref"], ref)
+    (ref / "coffee_1.png").unlink()
+    exp = tmp_path / "run"
+    with pytest.raises(ValueError, match="coffee_1"):
+        train(_opt(folders, exp, f"datasets.train.dataroot_ref={ref}", "train.total_iter=2"))
+    assert not (exp / "state").exists()
+
+
+def _paired_folders(folders: dict[str, Path], root: Path) -> list[str]:
+    """LQ/GT folders for PairedImageRefDataset (LQ = seeded noisy GT); one LQ of the wrong size."""
+    lq = root / "lq"
+    lq.mkdir()
+    rng = np.random.default_rng(0)
+    for path in sorted(folders["train_gt"].glob("*.png")):
+        gt = read_image(path)
+        noisy = np.clip(gt + rng.normal(0, 25 / 255, gt.shape), 0, 1).astype(np.float32)
+        write_image(lq / path.name, noisy[:40] if path.stem == "chelsea_2" else noisy)
+    return ["datasets.train.type=PairedImageRefDataset", f"datasets.train.dataroot_lq={lq}",
+            "datasets.train.sigma_type=null", "datasets.train.sigma_range=null", "datasets.train.sigma_test=null"]
+
+
+def test_lq_gt_size_mismatch_is_an_error_naming_both_files_or_a_logged_skip(folders, tmp_path):
+    paired = _paired_folders(folders, tmp_path)
+    with pytest.raises(ValueError, match=r"chelsea_2.*chelsea_2"):
+        train(_opt(folders, tmp_path / "strict", *paired, "train.total_iter=3", "val.val_freq=100"))
+    exp = tmp_path / "skip"
+    train(_opt(folders, exp, *paired, "datasets.train.skip_bad_images=true", "train.total_iter=3",
+               "val.val_freq=100", "datasets.train.use_shuffle=false"))
+    assert (exp / "checkpoints" / "net_g_latest.safetensors").is_file()
+    assert "skipping bad training sample" in (exp / "logs" / "train.log").read_text()
+
+
+def test_corrupt_image_mid_run_keeps_last_state_resumable(folders, tmp_path):
+    gt = tmp_path / "gt"
+    shutil.copytree(folders["train_gt"], gt)
+    exp = tmp_path / "run"
+    extra = [f"datasets.train.dataroot_gt={gt}", "logger.save_checkpoint_freq=2", "val.val_freq=100"]
+    train(_opt(folders, exp, "train.total_iter=2", *extra))
+    good = (gt / "rocket_1.png").read_bytes()
+    (gt / "rocket_1.png").write_bytes(good[: len(good) // 3])  # truncated PNG: read fails mid-epoch
+    with pytest.raises(ImageReadError, match="rocket_1"):
+        train(_opt(folders, exp, "train.total_iter=8", *extra))
+    assert StateCheckpointer(exp / "state").latest().name == "step_00000002"
+    skipped = tmp_path / "skipped"
+    shutil.copytree(exp, skipped)
+    train(_opt(folders, skipped, "train.total_iter=8", "datasets.train.skip_bad_images=true", *extra))
+    assert StateCheckpointer(skipped / "state").latest().name == "step_00000008"
+    (gt / "rocket_1.png").write_bytes(good)
+    train(_opt(folders, exp, "train.total_iter=8", *extra))
+    assert StateCheckpointer(exp / "state").latest().name == "step_00000008"
+    assert "resumed training state of step 2" in (exp / "logs" / "train.log").read_text()
+
+
+def test_epoch_sampler_is_seeded_per_epoch_and_cut_to_global_batches():
+    sampler = EpochSampler(num_items=10, global_batch=4, seed=1)
+    first = list(sampler)
+    assert len(first) == 8 and all(epoch == 0 for epoch, _ in first)
+    assert len({i for _, i in first}) == 8
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert [i for _, i in sampler] != [i for _, i in first]
+    with pytest.raises(ValueError, match="batch_size_per_gpu"):
+        EpochSampler(num_items=3, global_batch=4, seed=1)
+
+
+def test_script_main_trains_then_resumes_step_lr_and_optimizer_state(folders, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_restoration_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    exp = tmp_path / "run"
+    args = ["-opt", str(TINY)] + [a for item in tiny_overrides(folders, exp) for a in ("--set", item)]
+    args += ["--set", "logger.save_checkpoint_freq=2", "--set", "val.val_freq=100"]
+    script.main(script.parse_args(args + ["--set", "train.total_iter=2"]))
+    script.main(script.parse_args(args + ["--set", "train.total_iter=4"]))
+    assert "resumed training state of step 2" in (exp / "logs" / "train.log").read_text()
+    state = exp / "state" / "step_00000004"
+    scheduler = torch.load(state / "scheduler.bin", weights_only=False)
+    optimizer = torch.load(state / "optimizer.bin", weights_only=False)
+    assert scheduler["last_epoch"] == 4
+    assert all(int(s["step"]) == 4 for s in optimizer["state"].values())
+    assert [g["lr"] for g in optimizer["param_groups"]] == pytest.approx(scheduler["_last_lr"])

@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.txt Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m textualdeg.demo --output demo_output

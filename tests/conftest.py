@@ -1,19 +1,18 @@
 """Shared pytest setup: CPU thread budget and small photograph fixtures.
 
-The suite runs on 2-core machines, possibly split over pytest-xdist workers; each
-worker gets an equal share of the cores so workers do not oversubscribe them.
+The suite runs on 2-core machines split over two pytest-xdist workers (``make test``);
+each worker uses one intra-op thread: with two workers (and the two-process tests'
+children) on two cores, multi-threaded kernels only fight over the cores and tiny
+models run several times slower.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 import torch
 
-_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ Representations", arXiv:2312.17334.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 
 class Registry:

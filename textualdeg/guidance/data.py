@@ -29,16 +29,17 @@ Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from textualdeg.data.degradations import add_gaussian_noise
 from textualdeg.data.paired import pair_folders
+from textualdeg.data.sampling import DataPosition, EpochSampler
 from textualdeg.data.transforms import make_rng
 from textualdeg.imageio import image_to_tensor, list_images, read_image
 from textualdeg.log import get_logger
@@ -256,63 +257,6 @@ class GuidanceInputDataset(Dataset):
         top, left = (height - side) // 2, (width - side) // 2
         crop = _to_tensor(image[top : top + side, left : left + side])  # (3, side, side)
         return {"clip_input": resize_bicubic(crop, self.clip_size), "stem": path.stem, "path": str(path)}
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)``: a permutation seeded by (seed, epoch), cut to whole global batches.
-
-    The global batch should be batch x processes x gradient-accumulation steps, so every
-    epoch ends on an optimizer step and every process gets the same number of batches.
-
-    Args:
-        num_items: dataset length.
-        global_batch: items consumed per optimizer step over all processes.
-        seed: base seed.
-        shuffle: permute each epoch (else the natural order).
-        enlarge_ratio: repeat the dataset this many times per epoch.
-    """
-
-    def __init__(self, num_items: int, global_batch: int, seed: int = 0, shuffle: bool = True, enlarge_ratio: int = 1):
-        total = num_items * max(1, enlarge_ratio)
-        if global_batch < 1 or total < global_batch:
-            raise ValueError(
-                f"the training set has {num_items} images (x{enlarge_ratio}), fewer than one global batch of "
-                f"{global_batch} (batch x processes x accumulation); lower the batch or add images"
-            )
-        self.num_items, self.total = num_items, total
-        self.length = total // global_batch * global_batch
-        self.seed, self.shuffle, self.epoch = int(seed), shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order ``__iter__`` yields."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(int(make_rng(self.seed, self.epoch).integers(2**62)))
-            order = torch.randperm(self.total, generator=generator)[: self.length].tolist()
-        else:
-            order = list(range(self.length))
-        return iter([(self.epoch, i % self.num_items) for i in order])
-
-
-class DataPosition:
-    """Epoch and micro-batches consumed in it; registered for checkpointing (exact data resume)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.batches = 0
-
-    def state_dict(self) -> dict[str, int]:
-        """The position as a plain dict."""
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
 
 
 __all__ = [

@@ -55,9 +55,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
+from textualdeg.data.sampling import DataPosition, EpochSampler, sample_seed
 from textualdeg.checkpoint import StateCheckpointer, load_weights, save_weights
 from textualdeg.data import ProgressiveSchedule, crop_batch
 from textualdeg.data import build_dataset as data_build_dataset
@@ -205,12 +206,10 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-_SAMPLE_STREAM, _ORDER_STREAM, _PROGRESSIVE_STREAM = 0, 1, 2
+_SAMPLE_STREAM, _PROGRESSIVE_STREAM = 0, 2  # stream 1 (ORDER_STREAM) orders the epochs
 
 
-def _sample_seed(*keys: int) -> int:
-    """A 32-bit seed derived from non-negative integer keys (stream, seed, epoch, ...)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
 
 
 def _check_item(item: dict, index: int) -> None:
@@ -254,7 +253,7 @@ class SeededDataset(Dataset):
             try:
                 if hasattr(self.dataset, "set_epoch"):
                     self.dataset.set_epoch(epoch)
-                with _seeded_rngs(_sample_seed(_SAMPLE_STREAM, self.seed, epoch, index, attempt)):
+                with _seeded_rngs(sample_seed(_SAMPLE_STREAM, self.seed, epoch, index, attempt)):
                     item = self.dataset[index]
                 _check_item(item, index)
                 return item
@@ -265,65 +264,6 @@ class SeededDataset(Dataset):
                 errors.append(str(err))
                 index = (index + 1) % len(self.dataset)
         raise RuntimeError(f"{len(errors)} consecutive bad training samples; last: {errors[-1]}")
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` pairs: a seeded permutation per epoch, cut to whole global batches.
-
-    The order depends only on (seed, epoch), and the epoch is truncated to a multiple of
-    ``global_batch`` so every process gets the same number of full batches and two
-    processes see exactly the samples one process would see with the doubled batch.
-
-    Args:
-        num_items (int): dataset length.
-        global_batch (int): batch per process times the number of processes.
-        seed (int): ``manual_seed``.
-        shuffle (bool): permute each epoch (else the natural order).
-        enlarge_ratio (int): repeat the dataset this many times per epoch.
-    """
-
-    def __init__(self, num_items: int, global_batch: int, seed: int, shuffle: bool = True,
-                 enlarge_ratio: int = 1) -> None:
-        total = num_items * max(1, enlarge_ratio)
-        if total < global_batch:
-            raise ValueError(
-                f"the training set has {num_items} samples (x{enlarge_ratio}), fewer than one global batch of "
-                f"{global_batch}; lower datasets.train.batch_size_per_gpu or add images"
-            )
-        self.num_items = num_items
-        self.length = total // global_batch * global_batch
-        self.total = total
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(_sample_seed(_ORDER_STREAM, self.seed, self.epoch))
-            order = torch.randperm(self.total, generator=generator)[: self.length].tolist()
-        else:
-            order = list(range(self.length))
-        return iter([(self.epoch, i % self.num_items) for i in order])
-
-
-class DataPosition:
-    """Epoch and batches consumed in it; registered for checkpointing (exact data resume)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.batches = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
 
 
 def build_dataset(ds_opt: Options, phase: str, name: str, seed: int, pretrain_dino: str | None = None) -> Dataset:
@@ -386,7 +326,7 @@ def apply_progressive(batch: dict, schedule: ProgressiveSchedule | None, seed: i
     if schedule is None:
         return batch
     gt_size, batch_size = schedule(step + 1)  # BasicSR counts iterations from 1
-    generator = torch.Generator().manual_seed(_sample_seed(_PROGRESSIVE_STREAM, seed, step))
+    generator = torch.Generator().manual_seed(sample_seed(_PROGRESSIVE_STREAM, seed, step))
     return crop_batch(batch, gt_size, batch_size, generator=generator, crop_ref=crop_ref)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "LAYER_NORM_TYPES",
     "pad_to_multiple",
     "check_image_input",
+    "PaddedBackbone",
     "as_int_tuple",
     "FuseFn",
     "no_fuse",
@@ -63,6 +64,41 @@ LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 # --------------------------------------------------------------------------------------
 # argument and input checks
 # --------------------------------------------------------------------------------------
+class PaddedBackbone(nn.Module):
+    """Base of the plain backbones: one ``forward`` for NAFNet, Restormer and PromptIR.
+
+    ``forward(x)`` checks the input channels, pads right/bottom to ``pad_multiple`` with
+    ``pad_mode`` (NAFNet's official check_image_size zero-pads; Restormer's and PromptIR's
+    test scripts reflect-pad), runs ``_forward_padded`` and crops back. Subclasses set
+    ``input_channels``, ``pad_multiple`` and ``pad_mode`` and define ``_forward_padded``.
+    """
+
+    input_channels: int
+    pad_multiple: int
+    pad_mode: str = "reflect"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Restore a batch.
+
+        Args:
+            x: (B, input_channels, H, W) in [0, 1], any H and W.
+
+        Returns:
+            (B, output channels, H, W).
+        """
+        check_image_input(x, self.input_channels)
+        h, w = x.shape[-2:]
+        out = self._forward_padded(self._pad(x))
+        return out[:, :, :h, :w]
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad right/bottom to a multiple of ``pad_multiple`` with ``pad_mode``."""
+        return pad_to_multiple(x, self.pad_multiple, mode=self.pad_mode)
+
+    def _forward_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def as_int_tuple(name: str, value, length: int | None = None, minimum: int = 0) -> tuple[int, ...]:
     """Validate a sequence of ints (YAML gives lists) and return it as a tuple.
 

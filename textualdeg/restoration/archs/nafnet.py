@@ -39,11 +39,10 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.layers import (
+    PaddedBackbone,
     FuseFn,
     NAFBlock,
     as_int_tuple,
-    check_image_input,
-    pad_to_multiple,
     replace_global_pools,
 )
 
@@ -51,7 +50,7 @@ __all__ = ["NAFNet", "NAFNetLocal"]
 
 
 @ARCH_REGISTRY.register()
-class NAFNet(nn.Module):
+class NAFNet(PaddedBackbone):
     """NAFNet U-Net: ``intro`` conv, encoder levels of NAFBlocks with stride-2 conv
     downsampling (C -> 2C), middle blocks, 1x1 conv + PixelShuffle upsampling with additive
     skips, ``ending`` conv and a global residual.
@@ -70,6 +69,8 @@ class NAFNet(nn.Module):
     Official configs: GoPro width 64 ``enc_blk_nums=(1, 1, 1, 28)``, ``middle_blk_num=1``,
     ``dec_blk_nums=(1, 1, 1, 1)``; SIDD width 32 ``(2, 2, 4, 8)``, 12, ``(2, 2, 2, 2)``.
     """
+
+    pad_mode = "constant"  # zeros on the right/bottom, as the official check_image_size
 
     def __init__(
         self,
@@ -93,6 +94,7 @@ class NAFNet(nn.Module):
                 f"got dec_blk_nums={dec_blk_nums}"
             )
         self.img_channel = img_channel
+        self.input_channels = img_channel
         self.width = width
 
         # Registration order = official state_dict order (intro, ending, encoders, decoders,
@@ -123,24 +125,6 @@ class NAFNet(nn.Module):
     def num_levels(self) -> int:
         """Number of encoder (and decoder) levels L."""
         return len(self.encoders)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Restore a batch.
-
-        Args:
-            x: (B, img_channel, H, W) in [0, 1], any H and W.
-
-        Returns:
-            (B, img_channel, H, W).
-        """
-        check_image_input(x, self.img_channel)
-        h, w = x.shape[-2:]
-        out = self._forward_padded(self._pad(x))
-        return out[:, :, :h, :w]
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad right/bottom to a multiple of ``pad_multiple`` (official check_image_size)."""
-        return pad_to_multiple(x, self.pad_multiple, mode="constant")
 
     def _forward_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
         """Run the U-Net on an input whose H and W are multiples of ``2 ** num_levels``.

@@ -37,15 +37,14 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.layers import (
+    PaddedBackbone,
     Downsample,
     FuseFn,
     OverlapPatchEmbed,
     TransformerBlock,
     Upsample,
     as_int_tuple,
-    check_image_input,
     no_fuse,
-    pad_to_multiple,
     transformer_stage,
 )
 from textualdeg.restoration.archs.restormer import check_restormer_args
@@ -83,7 +82,7 @@ class PromptGenBlock(nn.Module):
 
 
 @ARCH_REGISTRY.register()
-class PromptIR(nn.Module):
+class PromptIR(PaddedBackbone):
     """PromptIR: Restormer's 4-level U-Net with prompt blocks before decoder levels 3, 2, 1.
 
     Args:
@@ -146,6 +145,7 @@ class PromptIR(nn.Module):
                         f"got {width} with dim={dim}, prompt_dims={tuple(prompt_dims)}"
                     )
         self.inp_channels = inp_channels
+        self.input_channels = inp_channels
         self.out_channels = out_channels
         self.decoder = bool(decoder)
         ffn, ln = ffn_expansion_factor, LayerNorm_type
@@ -199,24 +199,6 @@ class PromptIR(nn.Module):
         self.output = nn.Conv2d(dim * 2, out_channels, kernel_size=3, padding=1, bias=bias)
 
         self.pad_multiple = 8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Restore a batch.
-
-        Args:
-            x: (B, inp_channels, H, W) in [0, 1], any H and W.
-
-        Returns:
-            (B, out_channels, H, W).
-        """
-        check_image_input(x, self.inp_channels)
-        h, w = x.shape[-2:]
-        out = self._forward_padded(self._pad(x))
-        return out[:, :, :h, :w]
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Reflect-pad right/bottom to a multiple of ``pad_multiple``."""
-        return pad_to_multiple(x, self.pad_multiple, mode="reflect")
 
     def _prompt(self, level: int, x: torch.Tensor) -> torch.Tensor:
         """Concatenate the level's prompt, fuse with a transformer block, reduce channels."""

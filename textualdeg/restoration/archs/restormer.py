@@ -29,15 +29,14 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.layers import (
+    PaddedBackbone,
     LAYER_NORM_TYPES,
     Downsample,
     FuseFn,
     OverlapPatchEmbed,
     Upsample,
     as_int_tuple,
-    check_image_input,
     no_fuse,
-    pad_to_multiple,
     transformer_stage,
 )
 
@@ -84,7 +83,7 @@ def check_restormer_args(
 
 
 @ARCH_REGISTRY.register()
-class Restormer(nn.Module):
+class Restormer(PaddedBackbone):
     """Restormer: a 4-level U-Net of MDTA/GDFN transformer blocks.
 
     Args:
@@ -128,6 +127,7 @@ class Restormer(nn.Module):
                 f"got inp_channels={inp_channels}, out_channels={out_channels}"
             )
         self.inp_channels = inp_channels
+        self.input_channels = inp_channels
         self.out_channels = out_channels
         ffn, ln = ffn_expansion_factor, LayerNorm_type
 
@@ -156,24 +156,6 @@ class Restormer(nn.Module):
         self.output = nn.Conv2d(dim * 2, out_channels, kernel_size=3, padding=1, bias=bias)
 
         self.pad_multiple = 8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Restore a batch.
-
-        Args:
-            x: (B, inp_channels, H, W) in [0, 1], any H and W.
-
-        Returns:
-            (B, out_channels, H, W).
-        """
-        check_image_input(x, self.inp_channels)
-        h, w = x.shape[-2:]
-        out = self._forward_padded(self._pad(x))
-        return out[:, :, :h, :w]
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Reflect-pad right/bottom to a multiple of ``pad_multiple`` (official test scripts)."""
-        return pad_to_multiple(x, self.pad_multiple, mode="reflect")
 
     def _forward_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
         """Run the network on an input whose H and W are multiples of 8.

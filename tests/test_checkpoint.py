@@ -390,6 +390,22 @@ def test_resume_without_any_state_returns_none_and_bad_path_raises(tmp_path, fre
     assert "nowhere" in str(info.value)
 
 
+def test_start_step_prefers_the_named_state_then_auto_resume_then_zero(tmp_path, fresh_accelerate_state):
+    run = _tiny_run()
+    accelerator = run[0]
+    checkpointer = StateCheckpointer(tmp_path / "state")
+    assert checkpointer.start_step(accelerator, None, auto_resume=True) == 0  # nothing saved yet
+    _train_step(*run)
+    checkpointer.save(accelerator, 1)
+    _train_step(*run)
+    checkpointer.save(accelerator, 2)
+    assert checkpointer.start_step(accelerator, None, auto_resume=False) == 0
+    assert checkpointer.start_step(accelerator, None, auto_resume=True) == 2
+    assert checkpointer.start_step(accelerator, tmp_path / "state" / "step_00000001", auto_resume=True) == 1
+    with pytest.raises(CheckpointError, match="no complete training state"):
+        checkpointer.start_step(accelerator, tmp_path / "nowhere", auto_resume=True)
+
+
 def test_keep_last_rotation_and_latest_pointer(tmp_path, fresh_accelerate_state):
     accelerator = _tiny_run()[0]
     checkpointer = StateCheckpointer(tmp_path / "state", keep_last=2)

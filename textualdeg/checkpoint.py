@@ -471,3 +471,15 @@ class StateCheckpointer:
         accelerator.load_state(folder)
         logger.info("resumed training state of step %d from %s", step, folder)
         return step
+
+    def start_step(self, accelerator: Any, resume_state: str | os.PathLike | None, auto_resume: bool) -> int:
+        """The step a training run starts from; call on ALL processes.
+
+        ``resume_state`` (an option file's ``path.resume_state``) wins; otherwise, with
+        ``auto_resume``, the newest complete state of this run; otherwise step 0.
+        """
+        if resume_state:
+            return self.resume(accelerator, resume_state) or 0
+        if auto_resume:
+            return self.resume(accelerator) or 0
+        return 0

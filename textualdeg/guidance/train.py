@@ -521,11 +521,7 @@ def train_mapper(opt: Options, stage: str) -> Path:
     _log_running_block(opt, accelerator, dataset, loader, model, lr)
 
     checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.train.checkpoints_total_limit)
-    step = 0
-    if opt.path.resume_state:
-        step = checkpointer.resume(accelerator, opt.path.resume_state) or 0
-    elif opt.path.auto_resume:
-        step = checkpointer.resume(accelerator) or 0
+    step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
     try:
         step = _run_loop(opt, stage, accelerator, model, optimizer, lr_scheduler, loader, dataset, position,
                          checkpointer, exp_dir, step)

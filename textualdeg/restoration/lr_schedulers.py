@@ -147,8 +147,9 @@ class CosineAnnealingRestartCyclicLR(_ClosedFormLR):
 
 
 @SCHEDULER_REGISTRY.register()
-class CosineAnnealingRestartLR(_ClosedFormLR):
-    """Cosine annealing with restarts to one floor ``eta_min`` (BasicSR).
+class CosineAnnealingRestartLR(CosineAnnealingRestartCyclicLR):
+    """Cosine annealing with restarts to one floor ``eta_min`` (BasicSR): the cyclic
+    schedule with the same floor in every period.
 
     Args:
         optimizer: the wrapped optimizer.
@@ -168,26 +169,11 @@ class CosineAnnealingRestartLR(_ClosedFormLR):
         warmup_iter: int = -1,
         last_epoch: int = -1,
     ) -> None:
-        self.periods = _positive_ints("periods", periods)
-        self.restart_weights = tuple(float(w) for w in restart_weights)
-        if len(self.restart_weights) != len(self.periods):
-            raise ValueError(
-                f"restart_weights {list(restart_weights)!r} must have one entry per period {list(self.periods)!r}"
-            )
         if eta_min < 0:
             raise ValueError(f"eta_min must be >= 0, got {eta_min!r}")
         self.eta_min = float(eta_min)
-        self.cumulative = tuple(sum(self.periods[: i + 1]) for i in range(len(self.periods)))
-        super().__init__(optimizer, warmup_iter, last_epoch)
-
-    def lr_at(self, step: int, base_lr: float, group_index: int) -> float:
-        eta = min(self.eta_min, base_lr)
-        i = bisect_right(self.cumulative, step)
-        if i >= len(self.periods):
-            return eta
-        start = self.cumulative[i] - self.periods[i]
-        cos = 1.0 + math.cos(math.pi * (step - start) / self.periods[i])
-        return eta + self.restart_weights[i] * 0.5 * (base_lr - eta) * cos
+        eta_mins = (self.eta_min,) * len(tuple(periods))
+        super().__init__(optimizer, periods, restart_weights, eta_mins, warmup_iter, last_epoch)
 
 
 @SCHEDULER_REGISTRY.register()

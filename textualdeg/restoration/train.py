@@ -555,11 +555,7 @@ def train(opt: Options) -> Path:
     _log_running_block(opt, accelerator, train_set, loader, model, optimizer)
 
     checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.logger.keep_last_states)
-    step = 0
-    if opt.path.resume_state:
-        step = checkpointer.resume(accelerator, opt.path.resume_state) or 0
-    elif opt.path.auto_resume:
-        step = checkpointer.resume(accelerator) or 0
+    step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
     try:
         _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, ema, position,
                   checkpointer, val_sets, guided, frozen, exp_dir, step)

@@ -80,7 +80,8 @@ def test_training_raises_val_psnr_3db_above_noisy_input(folders, tmp_path):
 
 def test_resume_mid_epoch_equals_uninterrupted_run(folders, tmp_path):
     common = ["datasets.train.batch_size_per_gpu=2", "train.ema_decay=0.9", "train.param_fix_iterations=2",
-              "train.scheduler.periods=[8]", "train.warmup_iter=3", "val.val_freq=100", "logger.print_freq=2"]
+              "train.param_fix_group=backbone", "train.scheduler.periods=[8]", "train.warmup_iter=3",
+              "val.val_freq=100", "logger.print_freq=2"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train(_opt(folders, whole, "train.total_iter=8", "logger.save_checkpoint_freq=1", *common))
     train(_opt(folders, parts, "train.total_iter=4", "logger.save_checkpoint_freq=4", *common))
@@ -101,10 +102,42 @@ def test_resume_mid_epoch_equals_uninterrupted_run(folders, tmp_path):
     assert any(not torch.equal(w2[k], w3[k]) for k in backbone)
 
 
+def test_refined_path_resumes_bit_identically_with_correspondence_loss_and_frozen_reference(folders, tmp_path):
+    """reference_mode: refined, the correspondence loss (its random shifts come from the
+    resumed RNG) and param_fix_group: reference (the authors' intent: masa_* frozen)."""
+    common = ["datasets.train.batch_size_per_gpu=2", "train.param_fix_iterations=2",
+              "train.param_fix_group=reference", "train.correspondence_opt.loss_weight=0.1",
+              "network_g.reference_mode=refined", "train.scheduler.periods=[6]", "val.val_freq=100"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(_opt(folders, whole, "train.total_iter=6", "logger.save_checkpoint_freq=1", *common))
+    train(_opt(folders, parts, "train.total_iter=3", "logger.save_checkpoint_freq=3", *common))
+    train(_opt(folders, parts, "train.total_iter=6", "logger.save_checkpoint_freq=3", *common))
+    a, b = _weights(whole), _weights(parts)
+    assert a.keys() == b.keys() and "masa_gate.weight" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the masa_* parameters are frozen for the first 2 steps, the backbone trains throughout
+    w1, w2, w3 = (_weights(whole, str(s)) for s in (1, 2, 3))
+    masa = [k for k in w1 if k.startswith("masa_")]
+    backbone = [k for k in w1 if not k.startswith("masa_")]
+    assert all(torch.equal(w1[k], w2[k]) for k in masa)
+    assert any(not torch.equal(w1[k], w2[k]) for k in backbone)
+    assert any(not torch.equal(w2[k], w3[k]) for k in masa if k.startswith("masa_enc"))
+
+
+def test_correspondence_loss_needs_the_refined_path(folders, tmp_path):
+    opt = _opt(folders, tmp_path / "run", "train.correspondence_opt.loss_weight=0.1", "train.total_iter=1")
+    with pytest.raises(ValueError, match="reference_mode: refined"):
+        train(opt)
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_path):
+@pytest.mark.parametrize("path_options", [[], ["network_g.reference_mode=refined",
+                                               "train.correspondence_opt.loss_weight=0.1"]],
+                         ids=["masa", "refined"])
+def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_path, path_options):
     common = ["train.total_iter=3", "train.scheduler.periods=[3]", "val.val_freq=100", "train.warmup_iter=-1",
-              "logger.save_checkpoint_freq=3"]
+              "logger.save_checkpoint_freq=3", *path_options]
     one = tmp_path / "one"
     train(_opt(folders, one, "datasets.train.batch_size_per_gpu=4", *common))
     two = tmp_path / "two"
@@ -116,9 +149,14 @@ def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_pat
     assert result.returncode == 0, result.stderr[-4000:]
     assert (two / "state" / "step_00000003").is_dir()
     a, b = _weights(one), _weights(two)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    worst = max(a, key=lambda k: (a[k] - b[k]).abs().max().item())
+    # refined: the correspondence loss's softmax over all positions is summed in another
+    # order on two processes, and Adam's first steps divide the deepest encoder biases'
+    # tiny gradients by their own size (measured 1.5e-5 after 3 steps at lr 1e-3)
+    tolerance = 5e-5 if path_options else 1e-5
+    assert (a[worst] - b[worst]).abs().max().item() < tolerance, (worst, (a[worst] - b[worst]).abs().max().item())
     torch.manual_seed(100)  # manual_seed: the initial weights of both runs
-    start = ARCH_REGISTRY.build(_opt(folders, one).network_g.to_dict()).state_dict()
+    start = ARCH_REGISTRY.build(_opt(folders, one, *path_options).network_g.to_dict()).state_dict()
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # the runs really trained
 
 

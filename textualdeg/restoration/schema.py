@@ -145,7 +145,15 @@ TRAIN_SCHEMA = Section(
         "pixel_opt": Section({}, open=True, help="pixel loss: type (LOSS_REGISTRY) plus kwargs"),
         "use_grad_clip": Field(bool, True, help="clip the global gradient norm"),
         "grad_clip_norm": Field(float, 0.01, help="max global gradient norm (the authors' 0.01)"),
-        "param_fix_iterations": Field(int, 0, help="steps during which only masa_* parameters train (backbone frozen)"),
+        "param_fix_iterations": Field(int, 0, help="steps during which param_fix_group is frozen"),
+        "param_fix_group": Field(str, "backbone", choices=("backbone", "reference"),
+                                 help="what param_fix_iterations freezes: the backbone (only masa_* train) or "
+                                      "the masa_* reference/fusion parameters (the authors' intent, D21)"),
+        "correspondence_opt": Section(
+            {"loss_weight": Field(float, 0.0, help="weight of the refined path's correspondence loss (0: off)")},
+            help="auxiliary loss teaching the reference encoder to match the degraded input to the clean "
+                 "target (network_g.reference_mode: refined only; restoration/reference/refined.py)",
+        ),
         "ema_decay": Field(float, 0.0, help="EMA decay of network_g (0: no EMA)"),
         "mixed_precision": Field(str, "no", choices=("no", "fp16", "bf16"), help="accelerate mixed precision"),
         "mixing_augs": MIXING_SCHEMA,

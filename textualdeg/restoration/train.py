@@ -25,8 +25,9 @@ another number of processes with the same global batch, sees the same samples.
 
 Differences from the authors' driver (method.md §4.1, §4.3, D18-D27): any launcher
 (``accelerate launch``, ``torchrun``, ``python``); ``param_fix_iterations`` is read and
-trains only the ``masa_*`` parameters for that many steps (the backbone is frozen, then
-unfrozen) by dropping the backbone's gradients before the optimizer step (no
+freezes ``param_fix_group`` for that many steps (the backbone, so that only the ``masa_*``
+parameters train, or the ``masa_*`` parameters, the authors' intent) by dropping their
+gradients before the optimizer step (no
 ``requires_grad`` toggling under DDP); floors of the cyclic cosine are capped at each
 group's lr (D41); EMA and the whole training state resume; validation writes side-by-side
 images under the run folder, never into the working directory.
@@ -343,6 +344,8 @@ def training_step(
     guided: bool,
     clip_norm: float | None,
     frozen: list[nn.Parameter] | None = None,
+    correspondence_weight: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward, loss, backward, clip, optimizer step; returns detached losses.
 
@@ -354,25 +357,35 @@ def training_step(
         accelerator: the ``Accelerator``.
         guided: call ``model(lq, ref)`` instead of ``model(lq)``.
         clip_norm: max global gradient norm, or None.
-        frozen: parameters whose gradients are dropped this step (frozen backbone).
+        frozen: parameters whose gradients are dropped this step (``param_fix_group``).
+        correspondence_weight: weight of the refined reference path's correspondence
+            loss (the model is then called with ``clean=gt`` and returns it too).
+        generator: seeded CPU generator for that loss's random moves (exact resume).
 
     Returns:
-        ``{"loss": scalar}`` (plus ``"grad_norm"`` when clipping).
+        ``{"loss": scalar}`` (plus ``"grad_norm"`` when clipping, ``"correspondence"``
+        when that loss is on).
     """
     lq, gt = batch["lq"], batch["gt"]
+    extra = {}
     with accelerator.autocast():
-        if guided:
+        if guided and correspondence_weight > 0:
+            preds, corr_loss = model(lq, batch["ref"], clean=gt, generator=generator)
+            extra["correspondence"] = corr_loss.detach()
+        elif guided:
             preds = model(lq, batch["ref"])
         else:
             preds = model(lq)
         loss = pixel_loss(criterion, preds, gt)
+        if "correspondence" in extra:
+            loss = loss + correspondence_weight * corr_loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {loss.item()} (inputs: {batch.get('lq_path')})")
     accelerator.backward(loss)
     if frozen:
         for param in frozen:
             param.grad = None  # AdamW skips parameters without a gradient: no update, no decay
-    out = {"loss": loss.detach()}
+    out = {"loss": loss.detach(), **extra}
     if clip_norm is not None and accelerator.sync_gradients:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         out["grad_norm"] = accelerator.clip_grad_norm_(params, clip_norm)
@@ -478,16 +491,39 @@ def save_network_weights(model: nn.Module, ema: ModelEMA | None, ckpt_dir: Path,
         save_weights(ema.module.state_dict(), ckpt_dir / f"net_g_ema_{tag}.safetensors", metadata=metadata)
 
 
-def _frozen_backbone(model: nn.Module, steps: int) -> list[nn.Parameter]:
-    """The backbone parameters to freeze during the first ``steps`` steps (may be empty)."""
+def _frozen_parameters(model: nn.Module, steps: int, group: str) -> list[nn.Parameter]:
+    """The parameters to freeze during the first ``steps`` steps (may be empty).
+
+    ``group`` is ``backbone`` (everything but ``masa_*``: only the reference branch and
+    fusion train) or ``reference`` (the ``masa_*`` parameters: only the backbone trains,
+    the authors' intent; their code never read the key).
+    """
     if steps <= 0:
         return []
     if not is_guided(model):
         raise ValueError(
-            f"train.param_fix_iterations={steps} freezes the backbone so that only the masa_* "
-            f"(reference/fusion) parameters train, but network_g has none; set it to 0"
+            f"train.param_fix_iterations={steps} freezes the {group} of a guided network, but network_g has no "
+            f"masa_* (reference/fusion) parameters; set it to 0"
         )
-    return [p for name, p in model.named_parameters() if not name.startswith(REF_PREFIX) and p.requires_grad]
+    in_reference = group == "reference"
+    return [p for name, p in model.named_parameters()
+            if name.startswith(REF_PREFIX) == in_reference and p.requires_grad]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that depends on (seed, step) only: randomness inside a training step
+    that a resumed run or another process count reproduces."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+
+
+def _check_correspondence(model: nn.Module, weight: float) -> None:
+    """``train.correspondence_opt.loss_weight > 0`` needs a guided network in refined mode."""
+    if weight > 0 and getattr(model, "reference_mode", None) != "refined":
+        raise ValueError(
+            f"train.correspondence_opt.loss_weight={weight} needs a guided network with "
+            f"network_g.reference_mode: refined (got {type(model).__name__}, reference_mode="
+            f"{getattr(model, 'reference_mode', None)!r}); set the weight to 0"
+        )
 
 
 def _log_running_block(opt: Options, accelerator: Any, dataset: Dataset, loader: DataLoader,
@@ -502,8 +538,9 @@ def _log_running_block(opt: Options, accelerator: Any, dataset: Dataset, loader:
     logger.info("  training samples = %d, batches per epoch = %d, epochs = %d", len(dataset), len(loader), epochs)
     logger.info("  batch per process = %d, processes = %d, total batch = %d",
                 ds_opt.batch_size_per_gpu, accelerator.num_processes, total_batch)
-    logger.info("  total steps = %d, lr = %s, backbone frozen for %d steps", opt.train.total_iter,
-                {g["name"]: g["initial_lr"] for g in optimizer.param_groups}, opt.train.param_fix_iterations)
+    logger.info("  total steps = %d, lr = %s, %s frozen for %d steps", opt.train.total_iter,
+                {g["name"]: g["initial_lr"] for g in optimizer.param_groups}, opt.train.param_fix_group,
+                opt.train.param_fix_iterations)
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,7 +579,8 @@ def train(opt: Options) -> Path:
                 for k in opt.datasets if k.startswith("val")}
     ema = ModelEMA(model, opt.train.ema_decay) if opt.train.ema_decay > 0 else None
     guided = is_guided(model)
-    frozen = _frozen_backbone(model, opt.train.param_fix_iterations)
+    frozen = _frozen_parameters(model, opt.train.param_fix_iterations, opt.train.param_fix_group)
+    _check_correspondence(model, opt.train.correspondence_opt.loss_weight)
 
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     criterion.to(accelerator.device)
@@ -582,7 +620,8 @@ def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, 
         for batch in epoch_loader:
             batch = apply_progressive(batch, schedule, opt.manual_seed, step, ds_opt.ref_crop == "dino")
             out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
-                                frozen if step < t_opt.param_fix_iterations else None)
+                                frozen if step < t_opt.param_fix_iterations else None,
+                                t_opt.correspondence_opt.loss_weight, step_generator(opt.manual_seed, step))
             scheduler.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))

@@ -66,6 +66,12 @@ class GuidedNAFNet(ReferenceGuidedMixin, NAFNet):
         lr_block_size (int): coarse-search block side at the deepest level. Default 8.
         ref_down_block_size (float): search-window scale. Default 1.5.
         dilations (Sequence[int]): coarse-search dilations. Default (1, 2, 3).
+        reference_mode (str): ``masa`` (the authors' matching and transfer, bit-exact)
+            or ``refined`` (ours: border-safe, pixel-precise, gated; see
+            ``restoration/reference/refined.py``). Default ``masa``.
+        refine_window (int): cost-aggregation box of the refined path. Default 5.
+        ref_scales (Sequence[float]): scales the refined path matches the reference at,
+            each position taking the best. Default (1.0,).
 
     Forward: ``model(x, ref)`` with x (B, img_channel, H, W) and ref
     (B, img_channel, Hr, Wr) in [0, 1], any sizes; returns (B, img_channel, H, W). Both
@@ -90,6 +96,9 @@ class GuidedNAFNet(ReferenceGuidedMixin, NAFNet):
         lr_block_size: int = 8,
         ref_down_block_size: float = 1.5,
         dilations: Sequence[int] = (1, 2, 3),
+        reference_mode: str = "masa",
+        refine_window: int = 5,
+        ref_scales: Sequence[float] = (1.0,),
     ) -> None:
         super().__init__(
             img_channel=img_channel,
@@ -126,6 +135,9 @@ class GuidedNAFNet(ReferenceGuidedMixin, NAFNet):
             lr_block_size=lr_block_size,
             ref_down_block_size=ref_down_block_size,
             dilations=dilations,
+            reference_mode=reference_mode,
+            refine_window=refine_window,
+            ref_scales=ref_scales,
         )
         self.masa_blk_enc = nn.ModuleList(
             ReferenceFusion(*[NAFBlock(2 * width * 2**level) for _ in range(n)]) for level, n in enumerate(counts)

@@ -6,22 +6,29 @@ the degraded input by one :class:`ReferenceEncoder`, matched coarse-to-fine
 (:class:`CoarseToFineMatcher`), warped level by level (:class:`PatchTransfer`) and fused
 into the backbone's encoder by identity-initialised blocks (:class:`ReferenceFusion`).
 :class:`ReferenceGuidedMixin` wires them into a backbone (see ``restoration/archs/guided_*.py``).
+``reference_mode: refined`` replaces matching and transfer by ours (``refined.py``,
+docs/reference_path.md).
 """
 
 from textualdeg.restoration.reference.encoder import ReferenceEncoder, ResidualBlock
 from textualdeg.restoration.reference.fusion import ReferenceFusion, ZeroGatedResidual
 from textualdeg.restoration.reference.guided import ReferenceGuidedMixin
 from textualdeg.restoration.reference.matching import CoarseToFineMatcher, Match, gather_windows
+from textualdeg.restoration.reference.refined import MatchGate, Move, RefinedMatcher, correspondence_loss
 from textualdeg.restoration.reference.transfer import PatchTransfer
 
 __all__ = [
     "CoarseToFineMatcher",
     "Match",
+    "MatchGate",
+    "Move",
     "PatchTransfer",
     "ReferenceEncoder",
     "ReferenceFusion",
     "ReferenceGuidedMixin",
+    "RefinedMatcher",
     "ResidualBlock",
     "ZeroGatedResidual",
+    "correspondence_loss",
     "gather_windows",
 ]

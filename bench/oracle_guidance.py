@@ -294,7 +294,7 @@ def diagnostics(net: nn.Module, pairs, case: str, image_hw: tuple[int, int]) -> 
     for (lq, ref, gt), box in zip(pairs, val_boxes(image_hw)):
         warped = net.warp_reference_image(lq, ref)
         mse.append(float(((warped - gt)[..., s:-s, s:-s] ** 2).mean()))
-        feat = net.masa_enc(net._pad_pair(lq, ref)[0])[-1][0].flatten(1)  # (C, P)
+        feat = net.masa_enc(net._zero_pad(lq))[-1][0].flatten(1)  # (C, P)
         unit = F.normalize(feat, dim=0)
         gram = unit.T @ unit  # (P, P)
         p = gram.shape[0]

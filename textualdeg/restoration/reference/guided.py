@@ -78,8 +78,9 @@ def _best_scale(per_scale: list[tuple[list[torch.Tensor], list[Correspondence]]]
             correspondences per level).
 
     Returns:
-        (warped features per level, correspondences per level whose similarity is the
-        chosen one); the single scale unchanged.
+        (warped features per level, per-level correspondences carrying the chosen
+        similarity, which is all the gate reads; their coordinates are those of the first
+        scale); a single scale unchanged.
     """
     if len(per_scale) == 1:
         return per_scale[0]
@@ -275,7 +276,7 @@ class ReferenceGuidedMixin:
             if scale != 1.0:
                 size = (max(1, round(ref.shape[-2] * scale)), max(1, round(ref.shape[-1] * scale)))
                 ref_scaled = F.interpolate(ref, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-                ref_scaled = self._pad_pair(ref_scaled, ref_scaled)[0]
+                ref_scaled = self._zero_pad(ref_scaled)
             else:
                 ref_scaled = ref
             feats_ref = self.masa_enc(ref_scaled)
@@ -310,12 +311,15 @@ class ReferenceGuidedMixin:
             warped = _best_scale(per_scale)[0][0]
         return warped[:, :, :h, :w]
 
-    def _pad_pair(self, x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-pad input and reference right/bottom to a multiple of ``pad_multiple``."""
+    def _zero_pad(self, image: torch.Tensor) -> torch.Tensor:
+        """Zero-pad right/bottom to a multiple of ``pad_multiple`` (as the authors do)."""
         from textualdeg.restoration.archs.layers import pad_to_multiple
 
-        return (pad_to_multiple(x, self.pad_multiple, mode="constant"),
-                pad_to_multiple(ref, self.pad_multiple, mode="constant"))
+        return pad_to_multiple(image, self.pad_multiple, mode="constant")
+
+    def _pad_pair(self, x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-pad input and reference right/bottom to a multiple of ``pad_multiple``."""
+        return self._zero_pad(x), self._zero_pad(ref)
 
     def forward(
         self, x: torch.Tensor, ref: torch.Tensor, clean: torch.Tensor | None = None,
@@ -363,7 +367,7 @@ class ReferenceGuidedMixin:
             )
         if clean.ndim != 4 or clean.shape[1] != self.ref_channels:
             raise ValueError(f"clean must be (B, {self.ref_channels}, H, W), got {tuple(clean.shape)}")
-        clean = self._pad_pair(clean, clean)[0]
+        clean = self._zero_pad(clean)
         if clean.shape[-2:] != feats_lq[0].shape[-2:]:
             raise ValueError(
                 f"clean {tuple(clean.shape)} must have the input's size {tuple(feats_lq[0].shape[-2:])}"

@@ -114,6 +114,8 @@ def test_refined_path_resumes_bit_identically_with_correspondence_loss_and_froze
     train(_opt(folders, parts, "train.total_iter=6", "logger.save_checkpoint_freq=3", *common))
     a, b = _weights(whole), _weights(parts)
     assert a.keys() == b.keys() and "masa_gate.weight" in a
+    assert "step 6: loss" in (whole / "logs" / "train.log").read_text()
+    assert ", correspondence " in (whole / "logs" / "train.log").read_text()  # logged beside the total loss
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # the masa_* parameters are frozen for the first 2 steps, the backbone trains throughout

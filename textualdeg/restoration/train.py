@@ -614,6 +614,7 @@ def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, 
     schedule = build_progressive(ds_opt)
     progress = tqdm(total=total, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     running, running_n, last = torch.zeros((), device=accelerator.device), 0, {}
+    running_corr = torch.zeros((), device=accelerator.device)  # correspondence loss (refined path)
     while step < total:
         loader.set_epoch(position.epoch)
         epoch_loader = skip_first_batches(loader, position.batches) if position.batches else loader
@@ -628,12 +629,15 @@ def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, 
             step += 1
             position.batches += 1
             running, running_n = running + out["loss"], running_n + 1
+            if "correspondence" in out:
+                running_corr = running_corr + out["correspondence"]
             progress.update(1)
             if accelerator.is_local_main_process:
                 progress.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % log_opt.print_freq == 0 or step == total:
-                last = _log_train(accelerator, running / running_n, scheduler, step)
-                running, running_n = torch.zeros_like(running), 0
+                corr = running_corr / running_n if t_opt.correspondence_opt.loss_weight > 0 else None
+                last = _log_train(accelerator, running / running_n, scheduler, step, corr)
+                running, running_n, running_corr = torch.zeros_like(running), 0, torch.zeros_like(running_corr)
             _maybe_save_and_validate(opt, accelerator, model, ema, checkpointer, val_sets, exp_dir, step)
             if step >= total:
                 break
@@ -646,14 +650,20 @@ def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, 
     logger.info("training finished at step %d%s", step, f" (loss {last.get('train/loss', float('nan')):.4f})" if last else "")
 
 
-def _log_train(accelerator, mean_loss: torch.Tensor, scheduler, step: int) -> dict[str, float]:
+def _log_train(accelerator, mean_loss: torch.Tensor, scheduler, step: int,
+               mean_correspondence: torch.Tensor | None = None) -> dict[str, float]:
+    """Log the mean total loss (and the unweighted correspondence loss, when on) and the lrs."""
     loss = accelerator.reduce(mean_loss.detach().clone(), reduction="mean").item()
     lrs = scheduler.get_last_lr()
     values = {"train/loss": loss, "train/lr": float(lrs[0])}
     if len(lrs) > 1:
         values["train/lr_ref"] = float(lrs[1])
+    extra = ""
+    if mean_correspondence is not None:
+        values["train/correspondence"] = accelerator.reduce(mean_correspondence.clone(), reduction="mean").item()
+        extra = f", correspondence {values['train/correspondence']:.4f}"
     accelerator.log(values, step=step)
-    logger.info("step %d: loss %.5f, lr %s", step, loss, ", ".join(f"{lr:.3e}" for lr in lrs))
+    logger.info("step %d: loss %.5f%s, lr %s", step, loss, extra, ", ".join(f"{lr:.3e}" for lr in lrs))
     return values
 
 

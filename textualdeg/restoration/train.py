@@ -207,7 +207,8 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-_SAMPLE_STREAM, _PROGRESSIVE_STREAM = 0, 2  # stream 1 (ORDER_STREAM) orders the epochs
+# stream 1 (ORDER_STREAM) orders the epochs
+_SAMPLE_STREAM, _PROGRESSIVE_STREAM, _CORRESPONDENCE_STREAM = 0, 2, 3
 
 
 
@@ -510,12 +511,6 @@ def _frozen_parameters(model: nn.Module, steps: int, group: str) -> list[nn.Para
             if name.startswith(REF_PREFIX) == in_reference and p.requires_grad]
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator that depends on (seed, step) only: randomness inside a training step
-    that a resumed run or another process count reproduces."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-
-
 def _check_correspondence(model: nn.Module, weight: float) -> None:
     """``train.correspondence_opt.loss_weight > 0`` needs a guided network in refined mode."""
     if weight > 0 and getattr(model, "reference_mode", None) != "refined":
@@ -620,9 +615,10 @@ def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, 
         epoch_loader = skip_first_batches(loader, position.batches) if position.batches else loader
         for batch in epoch_loader:
             batch = apply_progressive(batch, schedule, opt.manual_seed, step, ds_opt.ref_crop == "dino")
+            moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
             out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
                                 frozen if step < t_opt.param_fix_iterations else None,
-                                t_opt.correspondence_opt.loss_weight, step_generator(opt.manual_seed, step))
+                                t_opt.correspondence_opt.loss_weight, moves)
             scheduler.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))

@@ -75,6 +75,7 @@ __all__ = [
     "MatchGate",
     "Move",
     "RefinedMatcher",
+    "candidate_costs",
     "centred_unit",
     "correspondence_loss",
     "identity_correspondence",
@@ -184,6 +185,28 @@ def upsample_correspondence(coords: torch.Tensor, ref_size: tuple[int, int]) -> 
     return _clamp(up + parity, ref_size)
 
 
+def candidate_costs(
+    lq_unit: torch.Tensor, ref_unit: torch.Tensor, coords: torch.Tensor, window: int
+) -> torch.Tensor:
+    """Aggregated similarity of each position with the 3x3 neighbours of its match.
+
+    Args:
+        lq_unit (Tensor): (N, C, H, W) centred unit input features.
+        ref_unit (Tensor): (N, C, Hr, Wr) centred unit reference features.
+        coords (Tensor): (N, 2, H, W) int64 matches.
+        window (int): aggregation box side (see :func:`similarity`).
+
+    Returns:
+        Tensor: (N, 9, H, W), candidates in ``_OFFSETS`` order (the match itself first).
+    """
+    ref_size = tuple(ref_unit.shape[2:])
+    offsets = torch.tensor(_OFFSETS, device=coords.device)  # (9, 2)
+    return torch.cat(
+        [similarity(lq_unit, ref_unit, _clamp(coords + d[None, :, None, None], ref_size), window) for d in offsets],
+        dim=1,
+    )  # (N, 9, H, W)
+
+
 def refine(
     lq_unit: torch.Tensor, ref_unit: torch.Tensor, coords: torch.Tensor, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,16 +222,13 @@ def refine(
         tuple[Tensor, Tensor]: refined (N, 2, H, W) coordinates and their (N, 1, H, W)
         aggregated similarity.
     """
-    ref_size = tuple(ref_unit.shape[2:])
+    costs = candidate_costs(lq_unit, ref_unit, coords, window)  # (N, 9, H, W)
+    biased = costs.clone()
+    biased[:, 0] += _STAY_MARGIN  # candidate 0 is the current match
+    best = biased.argmax(dim=1, keepdim=True)  # (N, 1, H, W)
     offsets = torch.tensor(_OFFSETS, device=coords.device)  # (9, 2)
-    costs = torch.cat(
-        [similarity(lq_unit, ref_unit, _clamp(coords + d[None, :, None, None], ref_size), window) for d in offsets],
-        dim=1,
-    )  # (N, 9, H, W)
-    _, best = (costs + F.pad(costs.new_full((1,), _STAY_MARGIN), (0, 8))[None, :, None, None]).max(dim=1, keepdim=True)
-    best_cost = costs.gather(1, best)  # (N, 1, H, W)
     delta = offsets[best[:, 0]].permute(0, 3, 1, 2)  # (N, H, W, 2) -> (N, 2, H, W)
-    return _clamp(coords + delta, ref_size), best_cost
+    return _clamp(coords + delta, tuple(ref_unit.shape[2:])), costs.gather(1, best)
 
 
 class RefinedMatcher(nn.Module):
@@ -397,17 +417,12 @@ def correspondence_loss(
         flat = (target[:, 0] * w + target[:, 1]).reshape(-1)  # (N*P,)
         per_position = F.cross_entropy(logits.reshape(n * h * w, h * w), flat, reduction="none")
         losses.append(per_position[valid.reshape(-1)].mean())
-    offsets = torch.tensor(_OFFSETS, device=device)  # (9, 2), the right match first
     for level, (lq, clean) in enumerate(zip(lq_feats[:-1], clean_feats[:-1])):
         size = tuple(lq.shape[2:])
         target, valid = _moved_targets(n, size, image_hw, move, 2**level, device)
         if not valid.any():
             continue
-        lq_unit, clean_unit = centred_unit(lq), centred_unit(clean)
-        costs = torch.cat(
-            [similarity(lq_unit, clean_unit, _clamp(target + d[None, :, None, None], size), window) for d in offsets],
-            dim=1,
-        )  # (N, 9, H, W)
+        costs = candidate_costs(centred_unit(lq), centred_unit(clean), target, window)  # (N, 9, H, W)
         per_position = F.cross_entropy(costs / temperature, torch.zeros_like(valid, dtype=torch.long), reduction="none")
         losses.append(per_position[valid].mean())
     if not losses:

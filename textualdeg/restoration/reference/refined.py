@@ -309,8 +309,8 @@ class MatchGate(nn.Module):
     def forward(self, warped: Sequence[torch.Tensor], matches: Sequence[Correspondence]) -> list[torch.Tensor]:
         """Args: warped: per level (N, C_l, H_l, W_l); matches: per level. Returns: gated features."""
         return [
-            feat * torch.sigmoid(self.weight[l] * match.similarity.to(feat.dtype) + self.bias[l])
-            for l, (feat, match) in enumerate(zip(warped, matches))
+            feat * torch.sigmoid(self.weight[level] * match.similarity.to(feat.dtype) + self.bias[level])
+            for level, (feat, match) in enumerate(zip(warped, matches))
         ]
 
 

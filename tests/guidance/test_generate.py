@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from textualdeg.guidance.mappers import ImageToTextMapper, TextRestorationMapper, save_mapper_weights
-from textualdeg.guidance.models import load_clip_vision, load_stable_diffusion
+from textualdeg.guidance.models import clip_image_features, load_clip_vision, load_stable_diffusion
 from textualdeg.guidance.processors import global_kv_state_dict, install_global_kv
 from textualdeg.imageio import read_image, write_image
 
@@ -132,6 +132,30 @@ def test_mismatched_mapper_names_the_file(setup, tmp_path):
     tr5 = setup["root"] / "tr5.safetensors"
     with pytest.raises(ValueError, match="tr5.safetensors"):
         _run(setup["opt"], f"path.tr_mapper={tr5}", f"datasets.test.dataroot_ref={tmp_path / 'out'}")
+
+
+def test_without_tr_mapper_injects_the_i2t_words(setup, tmp_path):
+    """``use_tr_mapper: false`` (the stage-2 ablation) needs no TR file and equals an identity TR mapper."""
+    from textualdeg.guidance.generate import load_pipeline
+    from textualdeg.guidance.schema import GENERATE_SCHEMA
+    from textualdeg.options import load_options
+
+    out = tmp_path / "without_tr"
+    overrides = ["generate.use_tr_mapper=false", "path.tr_mapper=null", f"datasets.test.dataroot_ref={out}"]
+    assert _run(setup["opt"], *overrides)["written"] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["use_tr_mapper"] is False and manifest["models"]["tr_mapper"] is None
+    without = _read_all(out)
+    assert any(not np.array_equal(without[s], setup["reference"][s]) for s in STEMS)  # the TR mapper mattered
+    opt = load_options(setup["opt"], GENERATE_SCHEMA, overrides)
+    pipeline = load_pipeline(opt, torch.device("cpu"), torch.float32)
+    assert pipeline.tr_mapper is None
+    image = torch.from_numpy(setup["reference"]["astronaut"]).permute(2, 0, 1)[None]
+    words = pipeline.word_embeddings(image)
+    expected = pipeline.i2t_mapper(clip_image_features(pipeline.image_encoder, image))  # (1, 4, D)
+    np.testing.assert_array_equal(words.numpy(), expected.detach().numpy())
+    with pytest.raises(ValueError, match="path.tr_mapper is required"):
+        _run(setup["opt"], "path.tr_mapper=null", f"datasets.test.dataroot_ref={tmp_path / 'other'}")
 
 
 @pytest.mark.slow

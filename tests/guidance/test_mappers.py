@@ -149,3 +149,24 @@ def test_saved_file_records_metadata(tmp_path):
         assert handle.metadata()["class"] == "TextRestorationMapper"
         assert handle.metadata()["num_words"] == "2"
     assert set(load_weights(tmp_path / "tr.safetensors")) == set(mapper.state_dict())
+
+
+def test_residual_tr_mapper_starts_as_identity_and_files_record_it(tmp_path):
+    from textualdeg.guidance.mappers import is_residual_tr_file
+
+    words = torch.randn(2, 3, 8)
+    residual = TextRestorationMapper(input_dim=8, output_dim=8, num_words=3, hidden_dim=16, residual=True)
+    torch.testing.assert_close(residual(words), words)  # zero-initialised last layers: the identity
+    plain = TextRestorationMapper(input_dim=8, output_dim=8, num_words=3, hidden_dim=16)
+    assert set(residual.state_dict()) == set(plain.state_dict())  # same keys as the authors' layout
+    _randomise(residual, 3)
+    plain.load_state_dict(residual.state_dict())
+    torch.testing.assert_close(residual(words), words + plain(words))
+    save_mapper_weights(tmp_path / "residual.safetensors", residual)
+    save_mapper_weights(tmp_path / "plain.safetensors", plain)
+    assert is_residual_tr_file(tmp_path / "residual.safetensors")
+    assert not is_residual_tr_file(tmp_path / "plain.safetensors")
+    torch.save(plain.state_dict(), tmp_path / "authors.pt")
+    assert not is_residual_tr_file(tmp_path / "authors.pt")
+    with pytest.raises(ValueError, match="input_dim == output_dim"):
+        TextRestorationMapper(input_dim=8, output_dim=4, num_words=3, hidden_dim=16, residual=True)

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from textualdeg.checkpoint import load_weights
+from textualdeg.guidance.mappers import is_residual_tr_file
 from textualdeg.guidance.schema import I2T_SCHEMA, TR_SCHEMA
 from textualdeg.guidance.train import build_dataset, build_optimizer, build_training_model, step_generator, training_step
 from textualdeg.imageio import read_image, write_image
@@ -122,6 +123,17 @@ def test_stage1_then_stage2_through_the_scripts(tiny_paths, data_root, tmp_path)
     state = load_weights(tr_run / "state" / "step_00000002" / "model.safetensors")
     assert state and all(k.startswith("mapper.") for k in state)  # only the TR mapper is trained (D4)
     assert read_image(tr_run / "visualization" / "step_00000002.png").shape == (64, 96, 3)  # [input | gen | target]
+    assert not is_residual_tr_file(tr_run / "checkpoints" / "tr_mapper.safetensors")  # the authors' mapper by default
+
+    residual_run = tmp_path / "tr_residual"
+    tr_opts["path"]["experiments_root"] = str(residual_run)
+    tr_opts["network_g"]["residual"] = True
+    script.main(script.parse_args(["-opt", _write(tmp_path, "tr_residual.yml", tr_opts)]))
+    residual_file = residual_run / "checkpoints" / "tr_mapper.safetensors"
+    assert is_residual_tr_file(residual_file)
+    tr_opts["path"]["tr_mapper"] = str(tr_run / "checkpoints" / "tr_mapper.safetensors")  # a plain file to start from
+    with pytest.raises(ValueError, match="residual=False"):
+        build_training_model(options_from_dict(tr_opts, TR_SCHEMA), "tr")
 
 
 def test_stage2_needs_the_stage1_file(tiny_paths, data_root, tmp_path):

@@ -44,7 +44,12 @@ from torch.utils.data import DataLoader
 
 from textualdeg.fileio import atomic_write_text
 from textualdeg.guidance.data import GuidanceInputDataset
-from textualdeg.guidance.mappers import ImageToTextMapper, TextRestorationMapper, load_mapper_weights
+from textualdeg.guidance.mappers import (
+    ImageToTextMapper,
+    TextRestorationMapper,
+    is_residual_tr_file,
+    load_mapper_weights,
+)
 from textualdeg.guidance.models import load_clip_vision, load_stable_diffusion
 from textualdeg.guidance.pipeline import GuidancePipeline, seed_from_name
 from textualdeg.guidance.processors import install_global_kv, load_global_kv
@@ -150,6 +155,7 @@ def build_manifest(opt: Options, dtype: torch.dtype) -> dict[str, Any]:
         "resolution": g.resolution,
         "dtype": str(dtype).removeprefix("torch."),
         "batched_cfg": g.batched_cfg,
+        "use_tr_mapper": g.use_tr_mapper,
         "template": g.template,
         "placeholder": g.placeholder,
         "num_words": opt.network_g.num_words,
@@ -162,14 +168,14 @@ def build_manifest(opt: Options, dtype: torch.dtype) -> dict[str, Any]:
         "stable_diffusion": model_fingerprints(opt.path.stable_diffusion),
         "clip_vision": model_fingerprints(opt.path.clip_vision),
         "i2t_mapper": model_fingerprints(opt.path.i2t_mapper),
-        "tr_mapper": model_fingerprints(opt.path.tr_mapper),
+        "tr_mapper": model_fingerprints(opt.path.tr_mapper) if g.use_tr_mapper else None,
     }
     return {"settings": settings, "models": models, "fingerprint_rule": FINGERPRINT_RULE}
 
 
 def _files(models: dict[str, Any] | None) -> dict[str, Any] | None:
     """The fingerprints of a manifest's models without their paths (moving a folder changes nothing)."""
-    return None if models is None else {name: record.get("files") for name, record in models.items()}
+    return None if models is None else {name: record and record.get("files") for name, record in models.items()}
 
 
 def write_manifests(opt: Options, manifest: dict[str, Any]) -> None:
@@ -195,6 +201,15 @@ def write_manifests(opt: Options, manifest: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
+def check_mapper_paths(opt: Options) -> None:
+    """ValueError naming ``path.i2t_mapper`` or ``path.tr_mapper`` when the run needs it and it is unset."""
+    needed = ("i2t_mapper", "tr_mapper") if opt.generate.use_tr_mapper else ("i2t_mapper",)
+    for key in needed:
+        if not opt.path[key]:
+            hint = " (or set generate.use_tr_mapper: false for the ablation without it)" if key == "tr_mapper" else ""
+            raise ValueError(f"path.{key} is required for generation{hint}")
+
+
 def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> GuidancePipeline:
     """Models from ``path:``, mappers checked against them, global K/V installed.
 
@@ -203,9 +218,8 @@ def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> Gui
             models or ``network_g``, or an I2T file without global K/V.
     """
     p, net = opt.path, opt.network_g
-    for key in ("i2t_mapper", "tr_mapper"):
-        if not p[key]:
-            raise ValueError(f"path.{key} is required for generation")
+    use_tr = opt.generate.use_tr_mapper
+    check_mapper_paths(opt)
     sd = load_stable_diffusion(p.stable_diffusion, dtype=dtype, device=device)
     image_encoder = load_clip_vision(p.clip_vision, open_clip_model=p.open_clip_model, dtype=dtype, device=device)
     i2t = ImageToTextMapper.for_models(image_encoder, sd.text_encoder, net.num_words, net.hidden_dim)
@@ -214,9 +228,14 @@ def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> Gui
         raise ValueError(f"{p.i2t_mapper}: holds no global K/V projections; expected a stage-1 (I2T) file")
     install_global_kv(sd.unet)
     load_global_kv(sd.unet, global_kv, source=str(p.i2t_mapper))
-    tr = TextRestorationMapper.for_models(sd.text_encoder, net.num_words, net.hidden_dim)
-    load_mapper_weights(tr, p.tr_mapper)
-    for mapper in (i2t, tr):
+    tr = None
+    if use_tr:
+        residual = is_residual_tr_file(p.tr_mapper)
+        tr = TextRestorationMapper.for_models(sd.text_encoder, net.num_words, net.hidden_dim, residual)
+        load_mapper_weights(tr, p.tr_mapper)
+    else:
+        logger.warning("generate.use_tr_mapper is false: the I2T words of the degraded inputs go to SD unrestored")
+    for mapper in (i2t, tr) if tr is not None else (i2t,):
         mapper.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return GuidancePipeline(sd, image_encoder, i2t, tr, opt.generate.template, opt.generate.placeholder)
 
@@ -272,6 +291,7 @@ def generate(opt: Options) -> dict[str, int]:
     g = opt.generate
     if g.batch_size < 1:
         raise ValueError(f"generate.batch_size must be >= 1; got {g.batch_size}")
+    check_mapper_paths(opt)
     dtype = resolve_dtype(g.dtype, state.device)
     jobs, skipped = plan_jobs(opt)
     state.wait_for_everyone()  # every rank has listed the folders before anything is written

@@ -125,29 +125,51 @@ class TextRestorationMapper(nn.Module):
         output_dim: width of the output words (the text width).
         num_words: number of words (must equal the I2T mapper's).
         hidden_dim: hidden width of every MLP (1280 in the authors' code).
+        residual: map ``w -> w + MLP(w)`` with the last layer zero-initialised, so the
+            mapper starts as the identity and learns a correction of the degraded words
+            (ours; the authors map ``w -> MLP(w)``, the default). With few training
+            scenes the plain MLP maps unseen scenes onto training ones (docs/demo.md).
+            Same parameters and keys either way; files record it (``residual`` metadata).
     """
 
-    def __init__(self, input_dim: int = 1024, output_dim: int = 1024, num_words: int = 20, hidden_dim: int = 1280):
+    def __init__(
+        self,
+        input_dim: int = 1024,
+        output_dim: int = 1024,
+        num_words: int = 20,
+        hidden_dim: int = 1280,
+        residual: bool = False,
+    ):
         super().__init__()
         _check_dims(input_dim=input_dim, output_dim=output_dim, num_words=num_words, hidden_dim=hidden_dim)
+        if residual and input_dim != output_dim:
+            raise ValueError(f"a residual TR mapper needs input_dim == output_dim; got {input_dim} -> {output_dim}")
         self.input_dim, self.output_dim, self.num_words, self.hidden_dim = input_dim, output_dim, num_words, hidden_dim
+        self.residual = residual
         for i in range(num_words):
-            self.add_module(f"mapping_{i}", _word_mlp(input_dim, hidden_dim, output_dim))
+            mlp = _word_mlp(input_dim, hidden_dim, output_dim)
+            if residual:
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
+            self.add_module(f"mapping_{i}", mlp)
 
     @classmethod
-    def for_models(cls, text_encoder: nn.Module, num_words: int = 20, hidden_dim: int = 1280) -> TextRestorationMapper:
+    def for_models(
+        cls, text_encoder: nn.Module, num_words: int = 20, hidden_dim: int = 1280, residual: bool = False
+    ) -> TextRestorationMapper:
         """A mapper whose widths are the loaded text encoder's ``config.hidden_size``.
 
         Args:
             text_encoder: the SD text encoder.
             num_words: number of words (the I2T mapper's).
             hidden_dim: hidden MLP width.
+            residual: see the class.
         """
         width = text_encoder.config.hidden_size
-        return cls(input_dim=width, output_dim=width, num_words=num_words, hidden_dim=hidden_dim)
+        return cls(input_dim=width, output_dim=width, num_words=num_words, hidden_dim=hidden_dim, residual=residual)
 
     def forward(self, words: torch.Tensor) -> torch.Tensor:
-        """Map each word through its own MLP.
+        """Map each word through its own MLP (plus the word itself when residual).
 
         Args:
             words: (B, num_words, input_dim).
@@ -157,7 +179,23 @@ class TextRestorationMapper(nn.Module):
         """
         if words.ndim != 3 or words.shape[1:] != (self.num_words, self.input_dim):
             raise ValueError(f"words must be (B, {self.num_words}, {self.input_dim}); got {tuple(words.shape)}")
-        return torch.cat([getattr(self, f"mapping_{i}")(words[:, i : i + 1]) for i in range(self.num_words)], dim=1)
+        mapped = torch.cat([getattr(self, f"mapping_{i}")(words[:, i : i + 1]) for i in range(self.num_words)], dim=1)
+        return words + mapped if self.residual else mapped
+
+
+def is_residual_tr_file(path: str | Path) -> bool:
+    """Whether a TR mapper file was saved from a residual mapper (its ``residual`` metadata).
+
+    The authors' ``torch.save`` files and files without the record are not residual.
+    """
+    path = Path(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("residual") == "true"
+    except Exception:  # not a safetensors file (the authors' .pt): their mapper is not residual
+        return False
 
 
 def _word_count(keys: list[str]) -> int:
@@ -254,4 +292,6 @@ def save_mapper_weights(
         "hidden_dim": str(mapper.hidden_dim),
         "output_dim": str(mapper.output_dim),
     }
+    if isinstance(mapper, TextRestorationMapper):
+        metadata["residual"] = "true" if mapper.residual else "false"
     save_weights(tensors, path, metadata=metadata)

@@ -182,8 +182,19 @@ class GuidancePipeline:
         Returns:
             (cond, uncond), each (B, 77, D): the prompt with injected words, and the empty prompt.
         """
-        batch = images.shape[0]
-        words = self.word_embeddings(images)
+        return self.word_contexts(self.word_embeddings(images))
+
+    @torch.no_grad()
+    def word_contexts(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional and unconditional UNet contexts for given word embeddings.
+
+        Args:
+            words: (B, num_words, D) words (from the mappers, or any others).
+
+        Returns:
+            (cond, uncond), each (B, 77, D).
+        """
+        batch = words.shape[0]
         ids = self.prompt.input_ids.unsqueeze(0).expand(batch, -1)  # (B, 77)
         cond = encode_injected(self.sd.text_encoder, ids, self.prompt.placeholder_index, words).last_hidden_state
         uncond = encode_text(self.sd.text_encoder, self.uncond_ids).last_hidden_state.expand(batch, -1, -1)
@@ -251,7 +262,36 @@ class GuidancePipeline:
         Raises:
             ValueError: bad ``seeds`` length, step count, scale or resolution.
         """
-        batch = images.shape[0]
+        return self.generate_from_words(
+            self.word_embeddings(images),
+            seeds,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            resolution=resolution,
+            batched_cfg=batched_cfg,
+        )
+
+    @torch.no_grad()
+    def generate_from_words(
+        self,
+        words: torch.Tensor,
+        seeds: Sequence[int],
+        *,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 5.0,
+        resolution: int = 512,
+        batched_cfg: bool = True,
+    ) -> torch.Tensor:
+        """Generate one image per set of words (what ``__call__`` does after the mappers).
+
+        Args:
+            words: (B, num_words, D) word embeddings spliced into the prompt.
+            seeds, num_inference_steps, guidance_scale, resolution, batched_cfg: as ``__call__``.
+
+        Returns:
+            (B, 3, resolution, resolution) float32 RGB in [0, 1], on the UNet's device.
+        """
+        batch = words.shape[0]
         if len(seeds) != batch:
             raise ValueError(f"seeds has {len(seeds)} entries for {batch} images")
         if num_inference_steps < 1:
@@ -263,7 +303,7 @@ class GuidancePipeline:
         if resolution <= 0 or resolution % multiple:
             raise ValueError(f"resolution must be a positive multiple of {multiple}; got {resolution}")
 
-        cond, uncond = self.contexts(images)
+        cond, uncond = self.word_contexts(words)
         param = next(unet.parameters())
         cond, uncond = cond.to(param.dtype), uncond.to(param.dtype)
         scheduler = DDIMScheduler.from_config(self.sd.scheduler.config)  # fresh state per call

@@ -71,12 +71,17 @@ def _path_section(stage: str) -> Section:
 
 
 def _network_section(mapper: str) -> Section:
+    fields = {
+        "type": Field(str, mapper, choices=(mapper,), help="the trained mapper class"),
+        "num_words": Field(int, 20, help="pseudo-words injected into the prompt (20 in the paper)"),
+        "hidden_dim": Field(int, 1280, help="hidden width of every per-word MLP (1280 in the paper)"),
+    }
+    if mapper == "TextRestorationMapper":
+        fields["residual"] = Field(
+            bool, False, help="w -> w + MLP(w), starting as the identity (ours; authors: w -> MLP(w)); the file records it"
+        )
     return Section(
-        {
-            "type": Field(str, mapper, choices=(mapper,), help="the trained mapper class"),
-            "num_words": Field(int, 20, help="pseudo-words injected into the prompt (20 in the paper)"),
-            "hidden_dim": Field(int, 1280, help="hidden width of every per-word MLP (1280 in the paper)"),
-        },
+        fields,
         help="the trained mapper (its input/output widths come from the loaded models)",
     )
 
@@ -215,6 +220,12 @@ GENERATE_SCHEMA = Section(
                 "batch_size": Field(int, 4, help="images per batch per process (results do not depend on it)"),
                 "batched_cfg": Field(bool, True, help="both guidance branches in one UNet call per step"),
                 "overwrite": Field(bool, False, help="regenerate existing outputs (default: skip them, so runs resume)"),
+                "use_tr_mapper": Field(
+                    bool,
+                    True,
+                    help="map the words through the stage-2 TR mapper (false: an ablation that injects the I2T "
+                    "words of the degraded input directly; path.tr_mapper is then not read)",
+                ),
                 **_PROMPT_FIELDS,
             },
             help="sampling settings",

@@ -72,6 +72,7 @@ from textualdeg.guidance.injection import InjectionPrompt, build_injection_promp
 from textualdeg.guidance.mappers import (
     ImageToTextMapper,
     TextRestorationMapper,
+    is_residual_tr_file,
     load_mapper_weights,
     save_mapper_weights,
 )
@@ -255,8 +256,13 @@ def build_training_model(opt: Options, stage: str) -> MapperTrainingModel:
         )
         trained_kv = processors
     else:
-        mapper = TextRestorationMapper.for_models(sd.text_encoder, net.num_words, net.hidden_dim)
+        mapper = TextRestorationMapper.for_models(sd.text_encoder, net.num_words, net.hidden_dim, net.residual)
         if opt.path.tr_mapper:
+            if is_residual_tr_file(opt.path.tr_mapper) != net.residual:
+                raise ValueError(
+                    f"path.tr_mapper={opt.path.tr_mapper} was saved with residual={not net.residual} "
+                    f"but network_g.residual is {net.residual}"
+                )
             load_mapper_weights(mapper, opt.path.tr_mapper)
         trained_kv = None
     prompt = build_injection_prompt(sd.tokenizer, opt.train.template, opt.train.placeholder)

@@ -283,10 +283,11 @@ def install_prior(models_dir: Path, file: Path = PRIOR_FILE) -> InstalledPrior:
     return InstalledPrior(paths=paths, scenes=json.loads(metadata["scenes"]), words=tensors["scene_words"])
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Per-image PSNR (dB) of [0, 1] tensors (B, 3, H, W)."""
-    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).numpy()
+def _psnr(images: torch.Tensor, scenes: torch.Tensor) -> np.ndarray:
+    """Per-image PSNR (dB, ``textualdeg`` protocol) of (B, 3, H, W) [0, 1] images against the scenes."""
+    from textualdeg.metrics import psnr_torch
+
+    return psnr_torch(images.clamp(0, 1), scenes, "textualdeg").numpy()
 
 
 @torch.no_grad()
@@ -331,7 +332,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-steps", type=int, default=PriorConfig.vae_steps)
     parser.add_argument("--unet-steps", type=int, default=PriorConfig.unet_steps)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="train nothing: install --output (default: the shipped file) and print how well it knows the scenes")
     return parser.parse_args(argv)
+
+
+def print_fidelity(file: Path, work: Path) -> None:
+    """Install ``file`` under ``work`` and print the ``prior_fidelity`` table over all demo scenes."""
+    from textualdeg.demo.scenes import demo_scenes
+
+    fidelity = prior_fidelity(install_prior(work, file), demo_scenes())
+    rows = [("VAE reconstruction", "vae"), ("the scene's own words", "scene_words"), ("random words", "random_words")]
+    print("| generated from | mean PSNR | worst scene |\n|---|---:|---:|")
+    for label, key in rows:
+        print(f"| {label} | {fidelity[key].mean():.2f} | {fidelity[key].min():.2f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
+    if args.fidelity:
+        print_fidelity(args.output, args.work)
+        return 0
     config = PriorConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps)
     start = time.perf_counter()
     scenes = demo_scenes()

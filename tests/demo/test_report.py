@@ -85,7 +85,7 @@ def test_verdict_needs_a_margin_over_the_seed_spread():
     assert report.verdict(0.5, 0.3, 3) == "no clear difference"  # within two standard deviations
     assert report.verdict(0.05, 0.0, 3) == "no clear difference"  # below the smallest difference
     assert report.verdict(-0.4, 0.1, 3) == "hurts"
-    assert report.verdict(0.2, 0.0, 1) == "helps"
+    assert report.verdict(0.2, 0.0, 1) == "helps on this seed"
 
 
 def test_missing_results_name_the_run(tmp_path):

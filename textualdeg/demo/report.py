@@ -174,14 +174,15 @@ def verdict(gain: float, gain_std: float, seeds: int) -> str:
     """``helps`` / ``hurts`` / ``no clear difference`` for a mean gain over ``seeds`` seeds.
 
     A difference needs |mean| >= ``MIN_GAIN_DB`` and, with two seeds or more, the mean two
-    standard deviations (over seeds) away from zero.
+    standard deviations (over seeds) away from zero; with one seed the verdict says so.
     """
     margin = 2 * gain_std if seeds > 1 else 0.0
+    suffix = " on this seed" if seeds == 1 else ""
     if gain >= MIN_GAIN_DB and gain - margin > 0:
-        return "helps"
+        return "helps" + suffix
     if gain <= -MIN_GAIN_DB and gain + margin < 0:
-        return "hurts"
-    return "no clear difference"
+        return "hurts" + suffix
+    return "no clear difference" + suffix
 
 
 def verdicts(rows: Sequence[AblationRow]) -> list[str]:

@@ -217,28 +217,32 @@ def restored_image(out: Path, run: str, stem: str) -> Path:
     return found[0]
 
 
-COMPARISON_COLUMNS = ("input", "guidance", "restored without guidance", "restored with guidance", "target")
-
-
-def comparison_picture(out: Path, path: Path, scenes: Sequence[str], seed: int, zoom: int = 2) -> Path:
-    """One row per (scene, degradation): input | guidance | restored without | restored with | target."""
+def _picture(out: Path, path: Path, scenes: Sequence[str], tile_paths, zoom: int) -> Path:
+    """One row per (scene, degradation) of the images ``tile_paths(stem, scene)`` names, each zoomed."""
     from textualdeg.imageio import read_image, write_image
 
     rows = []
     for scene in scenes:
         for kind in DEGRADATIONS:
             stem = f"{kind}_{scene}"
-            target = read_image(out / "data/test/target" / f"{stem}.png")
-            side = target.shape[0] * zoom
-            tiles = [
-                read_image(out / "data/test/input" / f"{stem}.png"),
-                read_image(out / "data/test/guidance" / f"{stem}.png"),
-                read_image(restored_image(out, run_name(kind, "plain", seed), stem)),
-                read_image(restored_image(out, run_name(kind, "guidance", seed), stem)),
-                target,
-            ]
-            rows.append(np.concatenate([_tile(t, side) for t in tiles], 1))
+            side = read_image(out / "data/test/target" / f"{stem}.png").shape[0] * zoom
+            rows.append(np.concatenate([_tile(read_image(p), side) for p in tile_paths(stem, scene)], 1))
     return write_image(path, np.concatenate(rows, 0))
+
+
+COMPARISON_COLUMNS = ("input", "guidance", "restored without guidance", "restored with guidance", "target")
+
+
+def comparison_picture(out: Path, path: Path, scenes: Sequence[str], seed: int, zoom: int = 2) -> Path:
+    """One row per (scene, degradation): input | guidance | restored without | restored with | target."""
+    test = out / "data/test"
+    return _picture(out, path, scenes, lambda stem, scene: [
+        test / "input" / f"{stem}.png",
+        test / "guidance" / f"{stem}.png",
+        restored_image(out, run_name(stem.split("_", 1)[0], "plain", seed), stem),
+        restored_image(out, run_name(stem.split("_", 1)[0], "guidance", seed), stem),
+        test / "target" / f"{stem}.png",
+    ], zoom)
 
 
 GUIDANCE_COLUMNS = ("input", "guidance without TR mapper", "guidance (I2T + TR)", "from the clean scene's words", "target")
@@ -246,23 +250,14 @@ GUIDANCE_COLUMNS = ("input", "guidance without TR mapper", "guidance (I2T + TR)"
 
 def guidance_picture(out: Path, path: Path, scenes: Sequence[str], zoom: int = 2) -> Path:
     """One row per (scene, degradation): input | without TR | with TR | from clean words | target."""
-    from textualdeg.imageio import read_image, write_image
-
-    rows = []
-    for scene in scenes:
-        for kind in DEGRADATIONS:
-            stem = f"{kind}_{scene}"
-            target = read_image(out / "data/test/target" / f"{stem}.png")
-            side = target.shape[0] * zoom
-            tiles = [
-                read_image(out / "data/test/input" / f"{stem}.png"),
-                read_image(out / "data/test/guidance_without_tr" / f"{stem}.png"),
-                read_image(out / "data/test/guidance" / f"{stem}.png"),
-                read_image(out / "data/clean_test/guidance" / f"{scene}.png"),
-                target,
-            ]
-            rows.append(np.concatenate([_tile(t, side) for t in tiles], 1))
-    return write_image(path, np.concatenate(rows, 0))
+    test = out / "data/test"
+    return _picture(out, path, scenes, lambda stem, scene: [
+        test / "input" / f"{stem}.png",
+        test / "guidance_without_tr" / f"{stem}.png",
+        test / "guidance" / f"{stem}.png",
+        out / "data/clean_test/guidance" / f"{scene}.png",
+        test / "target" / f"{stem}.png",
+    ], zoom)
 
 
 def scalars(log_dir: Path, tag: str = "train/loss") -> tuple[list[int], list[float]]:

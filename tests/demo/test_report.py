@@ -43,8 +43,9 @@ def _fake_stage_outputs(out, seeds, offsets):
 def test_report_has_every_row_column_and_picture_tile(tmp_path):
     seeds = [0, 1]
     _fake_stage_outputs(tmp_path, seeds, {"plain": 0.2, "guidance": 0.05, "target": 0.01})
-    path = write_report(tmp_path, seeds, {"stage 1": 1.0}, jobs=2, threads=1)
+    path, tables = write_report(tmp_path, seeds, {"stage 1": 1.0}, jobs=2, threads=1)
     text = path.read_text()
+    assert all(part in text for part in tables.split("\n\n"))  # the console shows the report's tables
     for kind in DEGRADATIONS:
         assert len(re.findall(rf"^\| {kind} \| \d+ \|", text, flags=re.M)) == 1  # guidance table
         for _, label, _ in report.VARIANTS:

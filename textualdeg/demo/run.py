@@ -160,14 +160,16 @@ def run_all_restorations(runs: Sequence[RestorationRun], out: Path, jobs: int, t
 
 
 def write_report(out: Path, seeds: Sequence[int], timings: dict[str, float], jobs: int, threads: int,
-                 reference_mode: str = "refined") -> Path:
-    """``<out>/report.md`` from what the stages wrote."""
+                 reference_mode: str = "refined") -> tuple[Path, str]:
+    """Write ``<out>/report.md`` from what the stages wrote; returns it and the tables for the console."""
     from textualdeg.fileio import atomic_write_text
 
     guidance = report.guidance_rows(out)
     path_label = PATH_LABELS[reference_mode]
     ablation = report.ablation_rows(out, seeds, path_label)
     input_psnr = {str(r["degradation"]): float(r["input"]) for r in guidance}
+    tables = "\n\n".join([report.guidance_markdown(guidance), report.ablation_markdown(ablation, input_psnr),
+                           "\n".join(report.verdicts(ablation))])
     report.comparison_picture(out, out / "comparison.png", PICTURE_SCENES, seeds[0])
     report.guidance_picture(out, out / "guidance.png", PICTURE_SCENES)
     panels = {
@@ -227,7 +229,7 @@ Columns: {" | ".join(report.COMPARISON_COLUMNS)} (seed {seeds[0]}); rows: {", ".
 |---|---:|
 {timing_lines}
 """
-    return atomic_write_text(out / "report.md", text)
+    return atomic_write_text(out / "report.md", text), tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -280,11 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_run = run_all_restorations(runs, out, jobs, threads)
     timings[f"stages 4+5: {len(runs)} runs (wall)"] = time.perf_counter() - t0
     timings["stages 4+5: mean per run"] = sum(per_run.values()) / len(per_run)
-    report_path = write_report(out, seeds, timings, jobs, threads, args.reference_mode)
-    ablation = report.ablation_rows(out, seeds, PATH_LABELS[args.reference_mode])
-    guidance = report.guidance_rows(out)
-    print("\n" + report.guidance_markdown(guidance) + "\n\n"
-          + report.ablation_markdown(ablation, {str(r["degradation"]): float(r["input"]) for r in guidance}) + "\n\n"
-          + "\n".join(report.verdicts(ablation))
-          + f"\n\nreport: {report_path}  (total {time.perf_counter() - start:.0f} s)")
+    report_path, tables = write_report(out, seeds, timings, jobs, threads, args.reference_mode)
+    print(f"\n{tables}\n\nreport: {report_path}  (total {time.perf_counter() - start:.0f} s)")  # the CLI's result
     return 0

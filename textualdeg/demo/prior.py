@@ -329,8 +329,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="train the demo's tiny text-to-image prior and pack it")
     parser.add_argument("--output", type=Path, default=PRIOR_FILE, help=f"packed file (default {PRIOR_FILE})")
     parser.add_argument("--work", type=Path, default=Path("prior_work"), help="folder for the full model folders")
-    parser.add_argument("--vae-steps", type=int, default=PriorConfig.vae_steps)
-    parser.add_argument("--unet-steps", type=int, default=PriorConfig.unet_steps)
+    parser.add_argument("--vae-steps", type=int, default=PriorConfig.vae_steps,
+                        help=f"VAE training steps (default {PriorConfig.vae_steps}, as the shipped file)")
+    parser.add_argument("--unet-steps", type=int, default=PriorConfig.unet_steps,
+                        help=f"UNet training steps (default {PriorConfig.unet_steps}, as the shipped file)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--fidelity", action="store_true",
                         help="train nothing: install --output (default: the shipped file) and print how well it knows the scenes")

@@ -236,7 +236,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="textualdeg end-to-end demo (tiny models, CPU)")
     parser.add_argument("--output", type=Path, default=Path("demo_output"),
                         help="demo folder (the options/demo files expect demo_output)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per stage-4 run (default 1; 3 for mean ± std)")
+    parser.add_argument("--seeds", type=int, default=1, help="train every stage-4 model with seeds 0..N-1 (default 1; 3 for mean ± std)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="stage-4/5 runs at a time (default: one per available core)")
     parser.add_argument("--threads", type=int, default=None,

@@ -96,12 +96,9 @@ class GuidedRestormer(ReferenceGuidedMixin, Restormer):
         lr_block_size (int): coarse-search block side at the deepest level. Default 8.
         ref_down_block_size (float): search-window scale. Default 1.5.
         dilations (Sequence[int]): coarse-search dilations. Default (1, 2, 3).
-        reference_mode (str): ``masa`` (the authors' matching and transfer, bit-exact)
-            or ``refined`` (ours: border-safe, pixel-precise, gated; see
-            ``restoration/reference/refined.py``). Default ``masa``.
-        refine_window (int): cost-aggregation box of the refined path. Default 5.
-        ref_scales (Sequence[float]): scales the refined path matches the reference at,
-            each position taking the best. Default (1.0,).
+        reference_mode, refine_window, ref_scales: the reference path (``masa``, the
+            authors', bit-exact, default; or ``refined``, ours), as documented once in
+            ``ReferenceGuidedMixin._init_reference`` (``restoration/reference/guided.py``).
 
     Forward: ``model(x, ref)`` with x (B, inp_channels, H, W) and ref
     (B, out_channels, Hr, Wr) in [0, 1], any sizes; returns (B, out_channels, H, W).

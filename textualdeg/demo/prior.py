@@ -190,8 +190,7 @@ def train_prior(models_dir: Path, scenes: dict[str, np.ndarray], config: PriorCo
     words, unet_losses = train_unet(sd, raw * scaling, config, generator)
     sd.vae.save_pretrained(paths["stable_diffusion"] / "vae")
     sd.unet.save_pretrained(paths["stable_diffusion"] / "unet")
-    return {"scenes": list(scenes), "words": words, "vae_losses": vae_losses, "unet_losses": unet_losses,
-            "scaling_factor": scaling}
+    return {"scenes": list(scenes), "words": words, "vae_losses": vae_losses, "unet_losses": unet_losses}
 
 
 def pack_prior(models_dir: Path, scene_names: Sequence[str], words: torch.Tensor, file: Path, config: PriorConfig) -> Path:

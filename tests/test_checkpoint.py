@@ -30,6 +30,7 @@ from textualdeg.checkpoint import (
     CheckpointError,
     StateCheckpointer,
     find_resume_state,
+    load_network_weights,
     load_weights,
     read_state_step,
     save_weights,
@@ -604,3 +605,38 @@ def test_two_process_save_and_resume(tmp_path):
         assert record["folders"] == ["latest", "step_00000002"]  # keep_last=1, no leftovers
         # save_state ran on both ranks: one RNG file per rank, plus the marker
         assert {"random_states_0.pkl", "random_states_1.pkl", COMPLETE_MARKER} <= set(record["files"])
+
+
+# --- load_network_weights: the one place weights enter a network --------------------------------
+
+
+def _tiny_nets():
+    from textualdeg.restoration.archs import NAFNet, Restormer
+
+    small = dict(img_channel=3, middle_blk_num=1, enc_blk_nums=(1, 1), dec_blk_nums=(1, 1))
+    return NAFNet(width=4, **small), NAFNet(width=8, **small), Restormer(
+        dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2), ffn_expansion_factor=2.0)
+
+
+def test_load_network_weights_names_file_arch_and_first_mismatched_keys(tmp_path, caplog):
+    narrow, wide, restormer = _tiny_nets()
+    path = tmp_path / "nafnet_w4.safetensors"
+    save_weights(narrow.state_dict(), path)
+    other = _tiny_nets()[0]
+    assert load_network_weights(other, path) == {"missing": [], "unexpected": [], "reshaped": []}
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), narrow.state_dict().values()))
+    # another width: one line naming the file, the network and the first key of another shape
+    with pytest.raises(CheckpointError, match=r"nafnet_w4\.safetensors: does not fit NAFNet: .*of another shape "
+                                              r"\(first: intro\.weight is 4x3x3x3 in the file, 8x3x3x3 in the network\)"):
+        load_network_weights(wide, path)
+    # another architecture: missing and unexpected keys, the first ones named
+    with pytest.raises(CheckpointError, match=r"does not fit Restormer: \d+ of its \d+ tensors missing "
+                                              r"\(first: patch_embed\.proj\.weight, .*\d+ unexpected \(first: decoders\."):
+        load_network_weights(restormer, path)
+    # non-strict: what fits is loaded; a file that leaves most of the network empty is a warning
+    before = {k: v.clone() for k, v in restormer.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        report = load_network_weights(restormer, path, strict=False)
+    assert len(report["missing"]) == len(before) and report["unexpected"]
+    assert all(torch.equal(before[k], v) for k, v in restormer.state_dict().items())
+    assert any("loaded 0 of" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

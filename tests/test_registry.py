@@ -124,3 +124,18 @@ def test_module_registries_are_distinct() -> None:
         "Registry('loss'",
         "Registry('lr scheduler'",
     ]
+
+
+def test_build_names_unknown_and_missing_arguments_and_the_arch() -> None:
+    class Needs:
+        def __init__(self, depth: int, width: int = 8) -> None:
+            self.depth, self.width = depth, width
+
+    reg = Registry("arch")
+    reg.register(Net)
+    reg.register(Needs)
+    with pytest.raises(TypeError, match=r"arch 'Net'.*unknown argument 'widht' \(did you mean 'width'\?\)"):
+        reg.build({"type": "Net", "widht": 3})
+    with pytest.raises(TypeError, match=r"arch 'Needs'.*missing argument 'depth'; it takes: depth, width"):
+        reg.build({"type": "Needs", "width": 4})
+    assert reg.build({"type": "Needs", "depth": 2}).depth == 2

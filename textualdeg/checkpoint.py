@@ -190,6 +190,71 @@ def load_weights(
     raise CheckpointError(path, "not a safetensors or torch checkpoint (unrecognised file header)")
 
 
+def _first(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def load_network_weights(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    strict: bool = True,
+    param_key: str | None = None,
+) -> dict[str, list[str]]:
+    """Load a weight file into ``model``, naming the file and the first mismatches on failure.
+
+    The one place where training (``path.pretrain_network_g``), ``textualdeg restore`` and
+    stage-5 evaluation put weights into a network. ``strict=False`` loads every tensor whose
+    name and shape match (e.g. a plain backbone checkpoint into a guided network, whose
+    ``masa_*`` fusion then starts as an identity) and logs the rest; a warning when fewer
+    than half of the network's tensors were found.
+
+    Args:
+        model: the network.
+        path: safetensors or torch weight file (see :func:`load_weights`).
+        strict: every tensor of the network must be in the file with its shape, and
+            nothing else.
+        param_key: entry of a wrapped torch file (``params``, ``params_ema``...).
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...], "reshaped": [...]}`` key lists.
+
+    Raises:
+        CheckpointError: an unreadable file, or (strict) a file of another architecture,
+            variant or width: one line naming the file, the network class and the first
+            missing, unexpected and reshaped keys.
+    """
+    weights = load_weights(path, param_key=param_key)
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    report = {"missing": missing, "unexpected": unexpected, "reshaped": reshaped}
+    arch = type(model).__name__
+    if strict and (missing or unexpected or reshaped):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of its {len(own)} tensors missing (first: {_first(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {_first(unexpected)})")
+        if reshaped:
+            k = reshaped[0]
+            shape = "x".join(map(str, weights[k].shape)), "x".join(map(str, own[k].shape))
+            parts.append(f"{len(reshaped)} of another shape (first: {k} is {shape[0]} in the file, "
+                         f"{shape[1]} in the network)")
+        raise CheckpointError(path, f"does not fit {arch}: " + "; ".join(parts)
+                              + " (another architecture, variant or width?)")
+    usable = {k: v for k, v in weights.items() if k in own and k not in reshaped}
+    model.load_state_dict(usable, strict=False)
+    if not strict:
+        loaded = len(own) - len(missing) - len(reshaped)
+        log = logger.warning if loaded < len(own) / 2 else logger.info
+        log("loaded %d of %d tensors of %s from %s (strict=False): %d missing (first: %s), %d unexpected, "
+            "%d of another shape", loaded, len(own), arch, path, len(missing), _first(missing),
+            len(unexpected), len(reshaped))
+    return report
+
+
 def _load_torch_weights(
     path: Path, device: str | torch.device, param_key: str | None
 ) -> dict[str, torch.Tensor]:

@@ -56,7 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import textualdeg
-from textualdeg.checkpoint import load_weights
+from textualdeg.checkpoint import load_network_weights
 from textualdeg.data.paired import format_unmatched, match_ref, pair_folders
 from textualdeg.fileio import atomic_write_text
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
@@ -280,12 +280,8 @@ def load_model(opt: Options, device: torch.device) -> nn.Module:
     import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
 
     model = ARCH_REGISTRY.build(opt["network_g"].to_dict())
-    state = load_weights(opt.path.pretrain_network_g, param_key=opt.path.param_key_g)
-    result = model.load_state_dict(state, strict=opt.path.strict_load_g)
-    if result.missing_keys or result.unexpected_keys:
-        logger.warning("loaded %s non-strictly: %d missing keys (e.g. %s), %d unexpected keys (e.g. %s)",
-                       opt.path.pretrain_network_g, len(result.missing_keys), result.missing_keys[:3],
-                       len(result.unexpected_keys), result.unexpected_keys[:3])
+    load_network_weights(model, opt.path.pretrain_network_g, strict=opt.path.strict_load_g,
+                         param_key=opt.path.param_key_g)
     return model.eval().to(device)
 
 

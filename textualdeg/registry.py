@@ -11,6 +11,8 @@ Representations", arXiv:2312.17334.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Iterator
 
 
@@ -59,6 +61,9 @@ class Registry:
         kwargs = {k: v for k, v in spec.items() if k != "type"}
         kwargs.update(extra)
         cls = self.get(spec["type"])
+        problem = _argument_problem(cls, kwargs)
+        if problem:
+            raise TypeError(f"cannot build {self._name} '{spec['type']}' with {sorted(kwargs)}: {problem}")
         try:
             return cls(**kwargs)
         except TypeError as err:
@@ -76,6 +81,29 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self._name!r}, {self.keys()})"
+
+
+def _argument_problem(obj: Any, kwargs: dict[str, Any]) -> str | None:
+    """Name the unknown and the missing keyword arguments of ``obj(**kwargs)``, if any.
+
+    Returns None when the call fits the signature (or the signature cannot be read).
+    """
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    problems = []
+    for key in sorted(set(kwargs) - set(named)):
+        close = difflib.get_close_matches(key, list(named), n=1)
+        problems.append(f"unknown argument '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    missing = [n for n, p in named.items() if p.default is inspect.Parameter.empty and n not in kwargs]
+    problems += [f"missing argument '{n}'" for n in missing]
+    if not problems:
+        return None
+    return "; ".join(problems) + f"; it takes: {', '.join(named) or '(no arguments)'}"
 
 
 ARCH_REGISTRY = Registry("arch")

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from textualdeg.checkpoint import load_weights
+from textualdeg.checkpoint import load_network_weights
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
 from textualdeg.log import get_logger, setup_logging
 from textualdeg.options import Options, OptionsError, load_options, options_from_dict
@@ -186,12 +186,7 @@ def build_network(exp_opt: Options, weights: str | Path) -> nn.Module:
         model = ARCH_REGISTRY.build(spec)
     except (KeyError, TypeError, ValueError) as error:
         raise RestoreError(f"network_g of the experiment cannot be built: {error}") from error
-    state = load_weights(weights)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise RestoreError(f"{weights}: the weights do not fit network_g ({spec['type']}) of the experiment: "
-                           f"{error}") from error
+    load_network_weights(model, weights, strict=True)
     logger.info("restoration network %s loaded from %s", spec["type"], weights)
     return model.eval().requires_grad_(False)
 

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
 from textualdeg.data.sampling import DataPosition, EpochSampler, sample_seed
-from textualdeg.checkpoint import StateCheckpointer, load_weights, save_weights
+from textualdeg.checkpoint import StateCheckpointer, load_network_weights, save_weights
 from textualdeg.data import ProgressiveSchedule, crop_batch
 from textualdeg.data import build_dataset as data_build_dataset
 from textualdeg.imageio import write_image
@@ -143,17 +143,7 @@ def build_model(opt: Options) -> nn.Module:
     model = ARCH_REGISTRY.build(spec)
     path = opt.path.pretrain_network_g
     if path:
-        weights = load_weights(path, param_key=opt.path.param_key_g)
-        if opt.path.strict_load_g:
-            model.load_state_dict(weights, strict=True)
-        else:
-            own = model.state_dict()
-            usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-            result = model.load_state_dict(usable, strict=False)
-            logger.info(
-                "loaded %d tensors from %s (strict_load_g=false): %d missing, %d unexpected or reshaped",
-                len(usable), path, len(result.missing_keys), len(weights) - len(usable),
-            )
+        load_network_weights(model, path, strict=opt.path.strict_load_g, param_key=opt.path.param_key_g)
     return model
 
 

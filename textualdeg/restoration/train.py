@@ -70,6 +70,7 @@ from textualdeg.options import Options, save_options
 from textualdeg.registry import ARCH_REGISTRY, LOSS_REGISTRY
 from textualdeg.restoration.ema import ModelEMA
 from textualdeg.restoration.losses import pixel_loss
+from textualdeg.restoration.stage_losses import StageLoss
 from textualdeg.restoration.lr_schedulers import build_scheduler as _build_lr_scheduler
 
 logger = get_logger(__name__)
@@ -343,7 +344,8 @@ def training_step(
     Args:
         model: the prepared network.
         batch: ``lq``, ``gt`` (B, C, h, w) and, for guided models, ``ref`` (B, C, Hr, Wr), in [0, 1].
-        criterion: the pixel loss (summed over multi-output networks).
+        criterion: the pixel loss (summed over multi-output networks), or a
+            ``StageLoss`` on every stage output (``model(..., stages=True)``) and ``lq``.
         optimizer: the prepared optimizer.
         accelerator: the ``Accelerator``.
         guided: call ``model(lq, ref)`` instead of ``model(lq)``.
@@ -359,15 +361,17 @@ def training_step(
     """
     lq, gt = batch["lq"], batch["gt"]
     extra = {}
+    # a stage loss reads every output of a multi-stage network (through forward, for DDP)
+    kwargs = {"stages": True} if isinstance(criterion, StageLoss) else {}
     with accelerator.autocast():
         if guided and correspondence_weight > 0:
-            preds, corr_loss = model(lq, batch["ref"], clean=gt, generator=generator)
+            preds, corr_loss = model(lq, batch["ref"], clean=gt, generator=generator, **kwargs)
             extra["correspondence"] = corr_loss.detach()
         elif guided:
-            preds = model(lq, batch["ref"])
+            preds = model(lq, batch["ref"], **kwargs)
         else:
-            preds = model(lq)
-        loss = pixel_loss(criterion, preds, gt)
+            preds = model(lq, **kwargs)
+        loss = criterion(preds, gt, lq) if kwargs else pixel_loss(criterion, preds, gt)
         if "correspondence" in extra:
             loss = loss + correspondence_weight * corr_loss
     if not torch.isfinite(loss):

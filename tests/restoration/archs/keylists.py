@@ -27,7 +27,7 @@ def read_keys(name: str) -> tuple[list[tuple[str, tuple[int, ...]]], int]:
     entries = []
     for line in body:
         key, shape = line.split("\t")
-        entries.append((key, tuple(int(s) for s in shape.split("x"))))
+        entries.append((key, tuple(int(s) for s in shape.split("x")) if shape else ()))  # "": a 0-d buffer
     return entries, total
 
 

@@ -36,3 +36,27 @@ TINY_CONFIGS.update(
         "GuidedPromptIR": GUIDED_PROMPTIR_TINY,
     }
 )
+
+# SFNet, DRSformer and DSRIR (plain and guided).
+SFNET_TINY = dict(mode=("train", "Indoor"), num_res=1, base_channel=16)  # base_channel: a multiple of 16
+DRSFORMER_TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), ffn_expansion_factor=2.0)
+DSRIR_TINY = dict(sn1_feats=4, sn2_feats=6, sn3_feats=6, feats_step1=2, feats_step2=2, reduction=2,
+                  sn1_pab=(1, 1, 1), sn2_pab=(1, 1), sn3_pab=1, sn3_pa=((8, 8),))
+GUIDED_SFNET_TINY = dict(SFNET_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1))
+GUIDED_DRSFORMER_TINY = dict(DRSFORMER_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1, 1))
+GUIDED_DSRIR_TINY = dict(DSRIR_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1))
+TINY_CONFIGS.update(
+    {
+        "SFNet": SFNET_TINY,
+        "GuidedSFNet": GUIDED_SFNET_TINY,
+        "SFNetRefFusion": GUIDED_SFNET_TINY,
+        "DRSformer": DRSFORMER_TINY,
+        "DRSformer200L_SPA": DRSFORMER_TINY,
+        "GuidedDRSformer": GUIDED_DRSFORMER_TINY,
+        "GuidedDRSformer200LSPA": GUIDED_DRSFORMER_TINY,
+        "DRSformerRefFusion": GUIDED_DRSFORMER_TINY,
+        "DRSformer200L_SPA_RefFusion": GUIDED_DRSFORMER_TINY,
+        "DSRIR": DSRIR_TINY,
+        "GuidedDSRIR": GUIDED_DSRIR_TINY,
+    }
+)

@@ -8,15 +8,25 @@ Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 """
 
+from textualdeg.restoration.archs.drsformer import DRSformer, DRSformer200LSPA
+from textualdeg.restoration.archs.dsrir import DSRIR
 from textualdeg.restoration.archs.nafnet import NAFNet, NAFNetLocal
 from textualdeg.restoration.archs.promptir import PromptIR
 from textualdeg.restoration.archs.restormer import Restormer
+from textualdeg.restoration.archs.sfnet import SFNet
 
-__all__ = ["NAFNet", "NAFNetLocal", "PromptIR", "Restormer"]
+__all__ = ["DRSformer", "DRSformer200LSPA", "DSRIR", "NAFNet", "NAFNetLocal", "PromptIR", "Restormer", "SFNet"]
 
-# Guided archs (GUIDED engineer) are appended below.
+# Guided archs: a plain backbone plus the shared reference branch (restoration/reference/).
 from textualdeg.restoration.archs.guided_nafnet import GuidedNAFNet  # noqa: E402  (also "NAFNetRefFusion")
 from textualdeg.restoration.archs.guided_promptir import GuidedPromptIR  # noqa: E402
 from textualdeg.restoration.archs.guided_restormer import GuidedRestormer  # noqa: E402
+from textualdeg.restoration.archs.guided_drsformer import (  # noqa: E402  (also "DRSformerRefFusion",
+    GuidedDRSformer,  # "DRSformer200L_SPA_RefFusion")
+    GuidedDRSformer200LSPA,
+)
+from textualdeg.restoration.archs.guided_dsrir import GuidedDSRIR  # noqa: E402
+from textualdeg.restoration.archs.guided_sfnet import GuidedSFNet  # noqa: E402  (also "SFNetRefFusion")
 
-__all__ += ["GuidedNAFNet", "GuidedPromptIR", "GuidedRestormer"]
+__all__ += ["GuidedNAFNet", "GuidedPromptIR", "GuidedRestormer", "GuidedDRSformer", "GuidedDRSformer200LSPA",
+            "GuidedDSRIR", "GuidedSFNet"]

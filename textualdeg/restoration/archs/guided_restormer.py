@@ -52,18 +52,20 @@ def add_transformer_fusions(
     bias: bool,
     LayerNorm_type: str,  # noqa: N803
     counts: Sequence[int],
+    block: type[nn.Module] | None = None,
 ) -> None:
     """Attach ``masa_blk_enc_level1..4`` to a 4-level transformer backbone.
 
     Level l (1-based) fuses ``dim * 2**(l-1)`` backbone channels with as many warped
     channels through ``counts[l-1]`` blocks of width ``2 * dim * 2**(l-1)`` with
-    ``heads[l-1]`` heads.
+    ``heads[l-1]`` heads. ``block`` is the gated block class, called as
+    ``block(width, heads, ffn_expansion_factor, bias, LayerNorm_type)``; None:
+    :class:`TransformerResFusionBlock` (DRSformer passes its TKSA/MSFN one).
     """
+    block = TransformerResFusionBlock if block is None else block
     for level, n in enumerate(counts):
         width = 2 * dim * 2**level
-        blocks = [
-            TransformerResFusionBlock(width, heads[level], ffn_expansion_factor, bias, LayerNorm_type) for _ in range(n)
-        ]
+        blocks = [block(width, heads[level], ffn_expansion_factor, bias, LayerNorm_type) for _ in range(n)]
         stack = ReferenceFusion(*blocks)
         model.add_module(f"masa_blk_enc_level{level + 1}", stack)
 

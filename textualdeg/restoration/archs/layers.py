@@ -19,7 +19,9 @@ Parameter names equal the official ones, so official checkpoints load with ``str
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,7 @@ __all__ = [
     "as_int_tuple",
     "FuseFn",
     "no_fuse",
+    "crop_stages",
 ]
 
 # ``fuse(level, x) -> x``: hook a guided subclass passes to a backbone's ``_forward_padded``;
@@ -57,6 +60,27 @@ FuseFn = Callable[[int, torch.Tensor], torch.Tensor]
 def no_fuse(level: int, x: torch.Tensor) -> torch.Tensor:
     """The identity ``fuse`` hook (plain backbone)."""
     return x
+
+def crop_stages(out: Any, padded_hw: Sequence[int], hw: Sequence[int]) -> Any:
+    """Crop every tensor of a stage tuple to its share of the unpadded size.
+
+    Args:
+        out: a NamedTuple whose fields are lists of (B, C, H_i, W_i) tensors computed on a
+            padded input of size ``padded_hw``; an output at scale ``H_i / H_pad`` keeps
+            ``ceil(h * H_i / H_pad)`` rows (and likewise columns).
+        padded_hw: (H_pad, W_pad).
+        hw: (h, w), the input size before padding.
+
+    Returns:
+        The same type with cropped tensors.
+    """
+    (hp, wp), (h, w) = padded_hw, hw
+
+    def crop(t: torch.Tensor) -> torch.Tensor:
+        return t[..., : math.ceil(h * t.shape[-2] / hp), : math.ceil(w * t.shape[-1] / wp)]
+
+    return type(out)(*[[crop(t) for t in field] for field in out])
+
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
@@ -77,19 +101,31 @@ class PaddedBackbone(nn.Module):
     pad_multiple: int
     pad_mode: str = "reflect"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stages: bool = False) -> Any:
         """Restore a batch.
 
         Args:
             x: (B, input_channels, H, W) in [0, 1], any H and W.
+            stages: return every output of a multi-stage network (``_forward_stages_padded``;
+                SFNet's scales, DSRIR's stages), each cropped to its share of (H, W), for
+                the stage losses (``restoration/stage_losses.py``). Going through
+                ``forward`` keeps DDP's gradient hooks.
 
         Returns:
-            (B, output channels, H, W).
+            (B, output channels, H, W); with ``stages``, the network's stage outputs.
         """
         check_image_input(x, self.input_channels)
         h, w = x.shape[-2:]
-        out = self._forward_padded(self._pad(x))
+        padded = self._pad(x)
+        if stages:
+            return crop_stages(self._forward_stages_padded(padded), padded.shape[-2:], (h, w))
+        out = self._forward_padded(padded)
         return out[:, :, :h, :w]
+
+    def _forward_stages_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None) -> Any:
+        """Every output of a multi-stage network (a NamedTuple of tensor lists, final first)."""
+        raise ValueError(f"{type(self).__name__} has a single output: train it with a pixel loss "
+                         f"(train.pixel_opt), not a stage loss")
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad right/bottom to a multiple of ``pad_multiple`` with ``pad_mode``."""

@@ -10,7 +10,7 @@ Ported from va1shn9v/PromptIR@106159a ``net/model.py`` (MIT license) with
 registration order, so the state_dict equals ``shared/reference/promptir_default.keys.tsv``
 and official checkpoints load with ``strict=True``. That includes six tensors the official
 forward never uses (``chnl_reduce1..3.weight``, ``reduce_noise_channel_1..3.weight``); they
-are kept, dead, only so those checkpoints load.
+are kept, dead and frozen (``requires_grad=False``), only so those checkpoints load.
 
 Differences from the official file:
 - ``decoder`` defaults to True. The official default (False) builds ``up4_3`` for 4*dim
@@ -171,6 +171,11 @@ class PromptIR(PaddedBackbone):
         self.encoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
         self.down3_4 = Downsample(dim * 4)
         self.latent = transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
+        # the dead tensors get no gradient: frozen, so distributed training needs no search
+        # for unused parameters
+        for module in (self.chnl_reduce1, self.chnl_reduce2, self.chnl_reduce3, self.reduce_noise_channel_1,
+                       self.reduce_noise_channel_2, self.reduce_noise_channel_3):
+            module.requires_grad_(False)
 
         if self.decoder:
             # The prompt block reduces the latent to 4*dim before upsampling.

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from textualdeg.restoration.archs.layers import crop_stages
 from textualdeg.restoration.reference.encoder import ReferenceEncoder
 from textualdeg.restoration.reference.fusion import ReferenceFusion
 from textualdeg.restoration.reference.matching import CoarseToFineMatcher
@@ -323,8 +325,8 @@ class ReferenceGuidedMixin:
 
     def forward(
         self, x: torch.Tensor, ref: torch.Tensor, clean: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        generator: torch.Generator | None = None, stages: bool = False,
+    ) -> Any:
         """Restore ``x`` guided by ``ref``.
 
         Args:
@@ -337,10 +339,13 @@ class ReferenceGuidedMixin:
             generator (torch.Generator | None): draws the random move of the clean image
                 in that loss (CPU generator; None: the global RNG). The training loop
                 seeds one per step, so a resumed run draws the same moves.
+            stages (bool): return every output of a multi-stage backbone (its
+                ``_forward_stages_padded``, cropped), for the stage losses.
 
         Returns:
-            Tensor: (B, C_out, H, W) restored image; with ``clean``, also the scalar
-            correspondence loss (``refined.correspondence_loss``).
+            Tensor: (B, C_out, H, W) restored image (with ``stages``, the backbone's stage
+            outputs); with ``clean``, also the scalar correspondence loss
+            (``refined.correspondence_loss``).
         """
         self._check_pair(x, ref)
         h, w = x.shape[-2:]
@@ -352,7 +357,10 @@ class ReferenceGuidedMixin:
         def fuse(level: int, feat: torch.Tensor) -> torch.Tensor:
             return stacks[level](feat, warped[level])
 
-        out = self._forward_padded(x, fuse=fuse)[:, :, :h, :w]  # type: ignore[attr-defined]
+        if stages:
+            out = crop_stages(self._forward_stages_padded(x, fuse=fuse), x.shape[-2:], (h, w))  # type: ignore[attr-defined]
+        else:
+            out = self._forward_padded(x, fuse=fuse)[:, :, :h, :w]  # type: ignore[attr-defined]
         if clean is None:
             return out
         return out, self._correspondence_loss(feats_lq, clean, generator)

@@ -113,3 +113,14 @@ def test_three_task_mixture_from_explicit_folders_and_tasks(three_task_root):
         AllInOneRefDataset(dataroot_denoise_gt=str(root / "denoise" / "gt"), task_ratios=[1, 1])
     with pytest.raises(ValueError, match="unknown task"):
         AllInOneRefDataset(dataroot_denoise_gt=str(root / "denoise" / "gt"), tasks=["deblur"])
+
+
+def test_blind_denoising_task_draws_sigma_in_its_range(three_task_root):
+    """``denoise_0-55``: DSRIR's blind training noise, sigma uniform in [0, 55] per image."""
+    ds = AllInOneRefDataset(dataroot_denoise_gt=str(three_task_root / "denoise" / "gt"), tasks=["denoise_5-50"],
+                            dataset_length=40, gt_size=32, phase="train", seed=3)
+    stds = [float((item["lq"] - item["gt"]).std()) * 255 for item in (ds[i] for i in range(len(ds)))]
+    assert 2 < min(stds) < 15 and 40 < max(stds) < 60  # spread over the range, not one level
+    for bad in ("denoise_50-5", "denoise_a-b", "denoise_1-2-3"):
+        with pytest.raises(ValueError, match="needs a sigma .* or a range low-high"):
+            AllInOneRefDataset(dataroot_denoise_gt=str(three_task_root / "denoise" / "gt"), tasks=[bad])

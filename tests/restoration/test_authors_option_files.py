@@ -71,20 +71,42 @@ def _degrade(clean: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
     return np.clip(clean + rng.normal(0, 25 / 255, clean.shape), 0, 1)
 
 
-def _write_split(root: Path, ds: dict, n: int, seed: int) -> dict[str, str]:
-    """LQ/GT/guidance folders in the naming ``ds`` (a dataset section of the file) expects."""
+def _write_pairs(roots: dict[str, Path], kind: str, n: int, seed: int, tmpl: str | None = None) -> None:
+    """Write ``n`` (LQ, GT, guidance) triples into the folders of ``roots`` (roles lq/gt/ref).
+
+    Names follow the datasets' pairing: hazy ``0003_0.8_0.2`` -> clear ``0003``, rainy
+    ``tmpl.format(gt stem)`` -> ``norain-3``, guidance named after the LQ (or GT) stem.
+    """
     rng = np.random.default_rng(seed)
-    folders = {k: root / k for k in ("lq", "gt", "ref")}
-    for folder in folders.values():
+    for folder in roots.values():
         folder.mkdir(parents=True, exist_ok=True)
-    kind = "haze" if "Dehaze" in ds["type"] else "rain"
     for i, clean in enumerate(_photo_crops(n, seed)):
-        gt_stem = f"{i:04d}" if kind == "haze" else f"norain-{i}"
-        lq_stem = f"{gt_stem}_0.8_0.2" if kind == "haze" else (ds.get("filename_tmpl") or "{}").format(gt_stem)
-        write_image(folders["gt"] / f"{gt_stem}.png", clean)
-        write_image(folders["lq"] / f"{lq_stem}.png", _degrade(clean, kind, rng))
-        write_image(folders["ref"] / f"{lq_stem}.png", cv2.GaussianBlur(clean, (0, 0), 1.0))
-    return {f"dataroot_{k}": str(v) for k, v in folders.items()}
+        gt_stem = {"haze": f"{i:04d}", "rain": f"norain-{i}"}.get(kind, f"img-{i}")
+        lq_stem = {"haze": f"{gt_stem}_0.8_0.2", "rain": (tmpl or "{}").format(gt_stem)}.get(kind, gt_stem)
+        write_image(roots["gt"] / f"{gt_stem}.png", clean)
+        if "lq" in roots:
+            write_image(roots["lq"] / f"{lq_stem}.png", _degrade(clean, kind, rng))
+        if "ref" in roots:
+            write_image(roots["ref"] / f"{lq_stem}.png", cv2.GaussianBlur(clean, (0, 0), 1.0))
+
+
+def _write_section(root: Path, ds: dict, n: int, seed: int) -> dict[str, str]:
+    """Tiny folders for every ``dataroot_*`` key a dataset section sets; returns the overrides."""
+    groups: dict[str, dict[str, Path]] = {}
+    for key, value in ds.items():
+        if key.startswith("dataroot_") and value is not None:
+            parts = key.split("_")  # dataroot_<role> or dataroot_<task>_<role>
+            task, role = (parts[1], parts[2]) if len(parts) == 3 else ("", parts[1])
+            groups.setdefault(task, {})[role] = root / (task or "pairs") / role
+    for task, roots in groups.items():
+        if task == "denoise" or ds["type"] == "GaussianDenoisingRefDataset":
+            _write_pairs(roots, "noise", n, seed)
+        elif task == "dehaze" or "Dehaze" in ds["type"]:
+            _write_pairs(roots, "haze", n, seed)
+        else:
+            _write_pairs(roots, "rain", n, seed, ds.get("derain_filename_tmpl") or ds.get("filename_tmpl"))
+    return {f"dataroot_{task + '_' if task else ''}{role}": str(path)
+            for task, roots in groups.items() for role, path in roots.items()}
 
 
 def _tiny_overrides(path: Path, root: Path, exp: Path, total_iter: int) -> dict:
@@ -97,15 +119,27 @@ def _tiny_overrides(path: Path, root: Path, exp: Path, total_iter: int) -> dict:
             out[f"network_g.{key}"] = value
     if "ext_n_blocks" in net:
         out["network_g.ext_n_blocks"] = [1] * len(net["ext_n_blocks"])
-    for phase, n in (("train", 6), ("val", 2)):
-        ds = raw.datasets[phase].to_dict()
-        for key, value in _write_split(root / phase, ds, n, seed=len(phase)).items():
-            out[f"datasets.{phase}.{key}"] = value
+    for name in raw.datasets:
+        ds = raw.datasets[name].to_dict()
+        n = 6 if name == "train" else 2
+        for key, value in _write_section(root / name, ds, n, seed=len(name)).items():
+            out[f"datasets.{name}.{key}"] = value
     half = total_iter // 2
+    train = {"gt_size": CROP, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0, "pin_memory": False}
+    if raw.datasets.train.ref_crop is not None:
+        train |= {"ref_crop": "resize", "ref_size": CROP}
+    if raw.datasets.train.iters:  # progressive patches and batches: two stages
+        train |= {"iters": [half, half], "gt_sizes": [24, CROP], "mini_batch_sizes": [2, 1]}
+    if raw.datasets.train.dataset_length:
+        train["dataset_length"] = 12
+    out.update({f"datasets.train.{k}": v for k, v in train.items()})
+    if "vgg_weights" in raw.train.pixel_opt:
+        out["train.pixel_opt.vgg_weights"] = None  # random VGG19 (no ImageNet weights here)
+    if raw.train.warmup_iter > total_iter:
+        out["train.warmup_iter"] = half
+    periods = [half, half] if len(raw.train.scheduler.periods) == 2 else [total_iter]
     out.update({
-        "datasets.train.gt_size": CROP, "datasets.train.ref_crop": "resize", "datasets.train.ref_size": CROP,
-        "datasets.train.batch_size_per_gpu": 2, "datasets.train.num_worker_per_gpu": 0,
-        "datasets.train.pin_memory": False, "train.total_iter": total_iter, "train.scheduler.periods": [half, half],
+        "train.total_iter": total_iter, "train.scheduler.periods": periods,
         "val.val_freq": 4, "val.max_vis_images": 1, "logger.print_freq": 2, "logger.save_checkpoint_freq": 2,
         "logger.use_tb_logger": False, "path.experiments_root": str(exp),
     })
@@ -123,7 +157,8 @@ def test_option_file_trains_a_few_steps_and_resumes_bit_identically(path, tmp_pa
     a = load_weights(whole / "checkpoints" / "net_g_latest.safetensors")
     b = load_weights(parts / "checkpoints" / "net_g_latest.safetensors")
     first = load_weights(whole / "checkpoints" / "net_g_2.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("masa_") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("masa_") for k in a) == ("guided" in path.stem
+                                                                             or path.stem[:3].isdigit())
     assert any(not torch.equal(a[k], first[k]) for k in a)  # it trained
     for key in a:
         assert torch.equal(a[key], b[key]), key

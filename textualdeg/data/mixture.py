@@ -144,19 +144,24 @@ def _task_roots(value: str | Sequence[str] | None, roles: tuple[str, ...], key: 
     return out
 
 
-def _parse_tasks(tasks: Sequence[str]) -> list[tuple[str, float | None]]:
-    """``denoise_<sigma>``, ``derain``, ``dehaze`` -> (kind, sigma)."""
+def _parse_tasks(tasks: Sequence[str]) -> list[tuple[str, tuple[float, ...] | None]]:
+    """``denoise_<sigma>``, ``denoise_<low>-<high>`` (blind), ``derain``, ``dehaze`` -> (kind, sigmas)."""
     parsed = []
     for task in tasks:
         if task in ("derain", "dehaze"):
             parsed.append((task, None))
         elif task.startswith("denoise_"):
             try:
-                parsed.append(("denoise", float(task[len("denoise_"):])))
+                sigmas = tuple(float(v) for v in task[len("denoise_"):].split("-"))
             except ValueError:
-                raise ValueError(f"tasks: {task!r} needs a number after 'denoise_'") from None
+                sigmas = ()
+            if len(sigmas) not in (1, 2) or (len(sigmas) == 2 and sigmas[0] > sigmas[1]):
+                raise ValueError(f"tasks: {task!r} needs a sigma (denoise_25) or a range low-high (denoise_0-55) "
+                                 f"after 'denoise_'")
+            parsed.append(("denoise", sigmas))
         else:
-            raise ValueError(f"tasks: unknown task {task!r}; expected denoise_<sigma>, derain or dehaze")
+            raise ValueError(f"tasks: unknown task {task!r}; expected denoise_<sigma>, denoise_<low>-<high>, "
+                             f"derain or dehaze")
     return parsed
 
 
@@ -185,7 +190,8 @@ class AllInOneRefDataset(MixtureDataset):
         derain_root (str | Sequence[str] | None): the authors' key.
         dehaze_root (str | Sequence[str] | None): the authors' key.
         tasks (Sequence[str] | None): task names in order, e.g. ``("denoise_15",
-            "denoise_25", "denoise_50", "derain", "dehaze")``.
+            "denoise_25", "denoise_50", "derain", "dehaze")``; ``denoise_0-55`` is blind
+            denoising, sigma uniform in [0, 55] per image (DSRIR's recipe).
         sigmas (Sequence[float]): noise levels when ``tasks`` is not given.
         task_ratios (Sequence[float] | None): one weight per task (default equal, as the
             authors' uniform choice among five).
@@ -257,9 +263,11 @@ class AllInOneRefDataset(MixtureDataset):
                 raise ValueError(f"task {task!r} needs its {missing} folder(s): set dataroot_{kind}_<role> "
                                  f"or {kind}_root")
             if kind == "denoise":
+                # one sigma, or blind: uniform in [low, high] per image (DSRIR's sigma 0-55)
                 dataset = GaussianDenoisingRefDataset(
-                    dataroot_gt=roots["gt"], dataroot_ref=roots.get("ref"), sigma_type="constant",
-                    sigma_range=(sigma,), sigma_test=sigma, clip_noise=clip_noise, seed=seed,
+                    dataroot_gt=roots["gt"], dataroot_ref=roots.get("ref"),
+                    sigma_type="constant" if len(sigma) == 1 else "random", sigma_range=sigma,
+                    sigma_test=sum(sigma) / len(sigma), clip_noise=clip_noise, seed=seed,
                     name=f"{name}/{task}", **kwargs)
                 if not any(n.startswith("denoise_") for n in names):
                     unique += len(dataset)

@@ -40,6 +40,15 @@ FULL_CONFIGS: dict[str, dict] = {
     ),
     "GuidedRestormer": dict(),
     "GuidedPromptIR": dict(),
+    # options 005/006 (SFNet dehazing), 007-010 (DRSformer deraining), DSRIR's all-in-one recipe
+    "SFNet": dict(mode=("train", "Indoor"), num_res=16),
+    "DRSformer": dict(),
+    "DRSformer200LSPA": dict(),
+    "DSRIR": dict(),
+    "GuidedSFNet": dict(mode=("train", "Indoor"), num_res=16),
+    "GuidedDRSformer": dict(),
+    "GuidedDRSformer200LSPA": dict(),
+    "GuidedDSRIR": dict(),
 }
 
 _RESTORMER_TINY = dict(
@@ -48,6 +57,10 @@ _RESTORMER_TINY = dict(
 _PROMPTIR_TINY = dict(_RESTORMER_TINY, prompt_dims=(8, 8, 16), prompt_sizes=(8, 4, 2), prompt_len=3)
 _NAFNET_TINY = dict(width=8, middle_blk_num=1, enc_blk_nums=(1, 1, 1, 1), dec_blk_nums=(1, 1, 1, 1))
 _GUIDE_TINY = dict(nf=8, ext_n_blocks=(1, 1, 1, 1), reffusion_n_blocks=(1, 1, 1, 1))
+_SFNET_TINY = dict(mode=("train", "Indoor"), num_res=1, base_channel=16)
+_DRSFORMER_TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), ffn_expansion_factor=2.0)
+_DSRIR_TINY = dict(sn1_feats=4, sn2_feats=6, sn3_feats=6, feats_step1=2, feats_step2=2, reduction=2,
+                   sn1_pab=(1, 1, 1), sn2_pab=(1, 1), sn3_pab=1, sn3_pa=((8, 8),))
 TINY_CONFIGS: dict[str, dict] = {
     "NAFNet": _NAFNET_TINY,
     "Restormer": _RESTORMER_TINY,
@@ -55,6 +68,14 @@ TINY_CONFIGS: dict[str, dict] = {
     "GuidedNAFNet": dict(_NAFNET_TINY, **_GUIDE_TINY, reffusion_n_blocks_middle=1),
     "GuidedRestormer": dict(_RESTORMER_TINY, **_GUIDE_TINY),
     "GuidedPromptIR": dict(_PROMPTIR_TINY, **_GUIDE_TINY),
+    "SFNet": _SFNET_TINY,
+    "DRSformer": _DRSFORMER_TINY,
+    "DRSformer200LSPA": _DRSFORMER_TINY,
+    "DSRIR": _DSRIR_TINY,
+    "GuidedSFNet": dict(_SFNET_TINY, nf=16, ext_n_blocks=(1, 1, 1), reffusion_n_blocks=(1, 1, 1)),
+    "GuidedDRSformer": dict(_DRSFORMER_TINY, **_GUIDE_TINY),
+    "GuidedDRSformer200LSPA": dict(_DRSFORMER_TINY, **_GUIDE_TINY),
+    "GuidedDSRIR": dict(_DSRIR_TINY, ext_n_blocks=(1, 1, 1), reffusion_n_blocks=(1, 1, 1)),
 }
 
 
@@ -181,10 +202,10 @@ def run(args: argparse.Namespace) -> list[Result]:
 def _format_row(r: Result, results: list[Result]) -> str:
     eager = next((e for e in results if e.model == r.model and e.size == r.size and e.mode == "eager"), None)
     if r.images_per_s is None:
-        return f"| {r.model:<16} | {r.size:>4} | {r.mode:<13} | {'-':>9} | {'-':>6} | {'-':>8} | {r.note}"
+        return f"| {r.model:<22} | {r.size:>4} | {r.mode:<13} | {'-':>9} | {'-':>6} | {'-':>8} | {r.note}"
     ratio = f"{r.images_per_s / eager.images_per_s:.2f}x" if eager and eager.images_per_s else "-"
     peak = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "-"
-    return f"| {r.model:<16} | {r.size:>4} | {r.mode:<13} | {r.images_per_s:>9.2f} | {ratio:>6} | {peak:>8} | {r.note}"
+    return f"| {r.model:<22} | {r.size:>4} | {r.mode:<13} | {r.images_per_s:>9.2f} | {ratio:>6} | {peak:>8} | {r.note}"
 
 
 def main(args: argparse.Namespace) -> list[Result]:
@@ -195,8 +216,8 @@ def main(args: argparse.Namespace) -> list[Result]:
     print(f"# torch {torch.__version__}, device {device} ({desc}), threads {torch.get_num_threads()}, "
           f"batch {args.batch}, iters {args.iters} (+{args.warmup} warmup), "
           f"{'tiny' if args.tiny else 'official'} configs; forward+backward images/s, ratio to eager")
-    print(f"| {'model':<16} | {'size':>4} | {'mode':<13} | {'img/s':>9} | {'ratio':>6} | {'peak MiB':>8} | note")
-    print(f"|{'-' * 18}|{'-' * 6}|{'-' * 15}|{'-' * 11}|{'-' * 8}|{'-' * 10}|------")
+    print(f"| {'model':<22} | {'size':>4} | {'mode':<13} | {'img/s':>9} | {'ratio':>6} | {'peak MiB':>8} | note")
+    print(f"|{'-' * 24}|{'-' * 6}|{'-' * 15}|{'-' * 11}|{'-' * 8}|{'-' * 10}|------")
     results = run(args)
     for r in results:
         if r.size == 0:

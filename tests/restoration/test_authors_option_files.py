@@ -163,3 +163,25 @@ def test_option_file_trains_a_few_steps_and_resumes_bit_identically(path, tmp_pa
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert "psnr" in (whole / "logs" / "val_metrics.jsonl").read_text()
+
+
+def test_wrong_network_key_and_wrong_variant_checkpoint_are_named(tmp_path):
+    from textualdeg.checkpoint import CheckpointError, save_weights
+    from textualdeg.restoration.train import build_model
+
+    sfnet = OPTION_DIR / "005_sfnet_image_dehazing_indoor.yml"
+    with pytest.raises(TypeError, match=r"arch 'SFNetRefFusion'.*unknown argument 'num_ress' \(did you mean 'num_res'\?\)"):
+        build_model(load_options(sfnet, RESTORATION_SCHEMA, {"network_g.num_ress": 4}))
+    # a Rain200L/SPA checkpoint (no MEFC) given to the full DRSformer of option 008
+    from textualdeg.restoration.archs import DRSformer200LSPA
+
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_CONFIGS["DRSformer"].items()}
+    path = tmp_path / "drsformer_rain200l.safetensors"
+    save_weights(DRSformer200LSPA(**tiny).state_dict(), path)
+    rain200h = OPTION_DIR / "008_drsformer_image_deraining_rain200h.yml"
+    overrides = {f"network_g.{k}": v for k, v in tiny.items()} | {
+        "network_g.nf": None, "network_g.lr_block_size": 4, "network_g.dilations": [1, 2],
+        "network_g.ext_n_blocks": [1] * 4, "path.pretrain_network_g": str(path), "path.strict_load_g": True}
+    with pytest.raises(CheckpointError, match=r"drsformer_rain200l\.safetensors: does not fit GuidedDRSformer: "
+                                              r"\d+ of its \d+ tensors missing \(first: encoder_level0\."):
+        build_model(load_options(rain200h, RESTORATION_SCHEMA, overrides))

@@ -141,3 +141,17 @@ def test_bad_inputs_and_arguments() -> None:
         GuidedSFNet(**dict(GUIDED_SFNET_TINY, mode="train"))
     with pytest.raises(ValueError, match="reffusion_n_blocks_middle"):
         GuidedSFNet(**dict(GUIDED_SFNET_TINY, reffusion_n_blocks_middle=-1))
+
+
+def test_stage_outputs_for_the_multiscale_loss(photo_rgb) -> None:
+    """``model(x, ref, stages=True)``: full, 1/2 and 1/4 outputs (final first), cropped to
+    ceil(size / scale); the final one is the plain forward's output."""
+    torch.manual_seed(0)
+    model = _open_gates(GuidedSFNet(**GUIDED_SFNET_TINY)).eval()
+    x = torch.cat([_photo(photo_rgb, 0, 0, 37, 53), _photo(photo_rgb, 40, 40, 37, 53)])  # (2, 3, 37, 53)
+    ref = torch.cat([_photo(photo_rgb, 100, 100, 48, 48)] * 2)
+    with torch.no_grad():
+        stages = model(x, ref, stages=True)
+        final = model(x, ref)
+    assert [tuple(t.shape[-2:]) for t in stages.images] == [(37, 53), (19, 27), (10, 14)]
+    torch.testing.assert_close(stages.images[0], final, atol=0, rtol=0)

@@ -26,9 +26,10 @@ repaired):
   object: D36(c)); ``alpha`` starts at 0, so a fresh fusion is the identity;
 - level 3 uses ``masa_blk_enc_level3`` (theirs calls level 2's stack: D36(d));
 - ``forward`` returns the full-resolution image cropped to the input size (theirs slices
-  a Python list: D36(e)); ``mode`` must be a list (D36(f), checked by ``SFNet``). The
-  multi-scale outputs are not returned (D36(g) compared them all with the full-size
-  target); the loss reads the full-resolution output.
+  a Python list: D36(e)); ``mode`` must be a list (D36(f), checked by ``SFNet``).
+  ``forward(x, ref, stages=True)`` returns the three scales, final first, which
+  ``stage_losses.MultiScaleFFTLoss`` compares with the target resized to each scale, as
+  the original SFNet trains (theirs compared all three with the full-size target: D36(g)).
 
 Fusion points (the ``fuse`` hook of ``SFNet._forward_padded``): level 1 after
 ``feat_extract[0]`` (width 64 = concat of 32 backbone and 32 warped channels), level 2

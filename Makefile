@@ -1,7 +1,7 @@
 # Two entry points (see README Quickstart): `make demo` and `make test`.
 # Both create .venv on first use and install everything into it.
 #
-# Install order matters (see ../shared/spec/ecosystem.md section 1):
+# Install order matters (see docs/ecosystem_notes.md, section 1):
 #  1. torch 2.14.1 + torchvision 0.29.1 pinned together (the CPU-only torch wheel on
 #     these machines cannot import torchvision);
 #  2. basicsr 1.4.2 with --no-build-isolation --no-deps, so building it does not pull a

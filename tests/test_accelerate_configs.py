@@ -1,6 +1,6 @@
 """Tests for configs/accelerate: every file parses and is consistent, and the CPU config
 really starts two processes (world size 2), not the silent single process of
-`--cpu --num_processes 2` (see ../shared/spec/ecosystem.md section 6).
+`--cpu --num_processes 2` (see docs/ecosystem_notes.md, section 5).
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations", arXiv:2312.17334.

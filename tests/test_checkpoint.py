@@ -7,10 +7,12 @@ Representations", arXiv:2312.17334.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +37,9 @@ from textualdeg.checkpoint import (
     read_state_step,
     save_weights,
     state_dir_name,
+    verify_state,
 )
+from textualdeg.fileio import temp_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 120
@@ -53,8 +57,8 @@ CHILD_SOURCE = textwrap.dedent(
 
 
     class SaveProbe:
-        """Registered for checkpointing; can stop inside save_state (after accelerate wrote
-        model, optimizer, scheduler and RNG files, before the custom object and marker)."""
+        """Registered for checkpointing; can stop inside the save (after accelerate wrote
+        model, optimizer, scheduler and RNG files, before the registered objects and marker)."""
 
         def __init__(self, signal_dir=None, pause_at=None):
             self.step = 0
@@ -94,8 +98,8 @@ CHILD_SOURCE = textwrap.dedent(
         accelerator = Accelerator(cpu=True)
         model, optimizer, scheduler = accelerator.prepare(*build())
         probe = SaveProbe(signal_dir, pause_at)
-        accelerator.register_for_checkpointing(probe)
         checkpointer = StateCheckpointer(root, keep_last=2)
+        checkpointer.register("probe", probe)
         for step in range(1, 10_000):
             set_weights(model, float(step))
             probe.step = step
@@ -317,7 +321,7 @@ def test_sigkill_during_save_weights_keeps_previous_file(tmp_path, child_module)
 
 
 class Counter:
-    """A custom object registered with accelerator.register_for_checkpointing."""
+    """An object registered with StateCheckpointer.register."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -339,8 +343,13 @@ def _tiny_run(seed: int = 0):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     counter = Counter()
-    accelerator.register_for_checkpointing(counter)
     return accelerator, model, optimizer, scheduler, counter
+
+
+def _checkpointer(root: Path, counter: Counter, **kwargs) -> StateCheckpointer:
+    checkpointer = StateCheckpointer(root, **kwargs)
+    checkpointer.register("counter", counter)
+    return checkpointer
 
 
 def _train_step(accelerator, model, optimizer, scheduler, counter) -> None:
@@ -361,7 +370,7 @@ def test_save_then_resume_restores_everything(tmp_path, fresh_accelerate_state):
     for _ in range(2):
         _train_step(*run)
     accelerator, model, optimizer, scheduler, counter = run
-    folder = StateCheckpointer(tmp_path / "state").save(accelerator, 2)
+    folder = _checkpointer(tmp_path / "state", counter).save(accelerator, 2)
     assert folder == tmp_path / "state" / "step_00000002"
     expected_weights = {k: v.clone() for k, v in model.state_dict().items()}
     expected_moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
@@ -372,7 +381,7 @@ def test_save_then_resume_restores_everything(tmp_path, fresh_accelerate_state):
 
     resumed = _tiny_run(seed=123)
     accelerator, model, optimizer, scheduler, counter = resumed
-    assert StateCheckpointer(tmp_path / "state").resume(accelerator) == 2
+    assert _checkpointer(tmp_path / "state", counter).resume(accelerator) == 2
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected_weights[name]), name
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], expected_moments)
@@ -457,7 +466,8 @@ def test_latest_ignores_partial_states_and_stale_pointer(tmp_path, fresh_acceler
     assert find_resume_state(root / "step_00000001") == root / "step_00000001"
     assert find_resume_state(partial) is None
     assert find_resume_state(tmp_path / "missing") is None
-    # the next save removes the leftovers of the killed save but never user folders
+    # the next save removes the leftovers of the killed save (once stale) but never user folders
+    _backdate(partial)
     checkpointer.save(accelerator, 7)
     assert not partial.exists() and unmarked.exists()
     assert checkpointer.resume(accelerator, path=root / "step_00000001") == 1
@@ -482,8 +492,9 @@ def _assert_resumes(root: Path, child_module, expected_step: int) -> None:
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = accelerator.prepare(*child_module.build())
     probe = child_module.SaveProbe()
-    accelerator.register_for_checkpointing(probe)
-    assert StateCheckpointer(root).resume(accelerator) == expected_step
+    checkpointer = StateCheckpointer(root)
+    checkpointer.register("probe", probe)
+    assert checkpointer.resume(accelerator) == expected_step
     assert probe.step == expected_step
     assert all(torch.all(p == expected_step) for p in model.parameters())
     assert len(optimizer.state_dict()["state"]) == 8  # Adam moments of 4 weights + 4 biases
@@ -536,7 +547,7 @@ def test_sigkill_at_random_moments_never_exposes_a_partial_state(tmp_path, child
         if read_state_step(folder) is not None:
             value = read_state_step(folder)
             assert torch.all(load_weights(folder / "model.safetensors")["0.weight"] == value), context
-            assert (folder / "custom_checkpoint_0.pkl").is_file(), context
+            assert (folder / "objects.json").is_file(), context
     _assert_resumes(root, child_module, expected_step=step)
 
 
@@ -603,8 +614,268 @@ def test_two_process_save_and_resume(tmp_path):
     for record in records:
         assert record["world"] == 2 and record["resumed"] == 2 and record["weight"] == 2.0
         assert record["folders"] == ["latest", "step_00000002"]  # keep_last=1, no leftovers
-        # save_state ran on both ranks: one RNG file per rank, plus the marker
-        assert {"random_states_0.pkl", "random_states_1.pkl", COMPLETE_MARKER} <= set(record["files"])
+        # save_state ran on both ranks: one RNG file per rank (safetensors, no pickle), plus the marker
+        assert {"rng_state_0.safetensors", "rng_state_1.safetensors", COMPLETE_MARKER} <= set(record["files"])
+        assert not [name for name in record["files"] if name.endswith(".pkl")]
+
+
+# --- integrity, fallback, no pickle, stale temporaries, weight rotation -------------------
+
+
+def _backdate(path: Path, seconds: float = 3600.0) -> None:
+    """Make ``path`` (and everything under it) look untouched for ``seconds``."""
+    stamp = time.time() - seconds
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.utime(item, (stamp, stamp))
+
+
+def _flip_bit(path: Path, offset_from_end: int = 1) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _saved_states(root: Path, steps=(1, 2)) -> dict[int, dict[str, torch.Tensor]]:
+    """Train and save a tiny run at ``steps``; returns the weights of each step."""
+    run = _tiny_run()
+    checkpointer = _checkpointer(root, run[4], keep_last=None)
+    weights = {}
+    for step in steps:
+        _train_step(*run)
+        checkpointer.save(run[0], step)
+        weights[step] = {k: v.clone() for k, v in run[1].state_dict().items()}
+    return weights
+
+
+def _forge_checksum(folder: Path, name: str) -> None:
+    """What an attacker who edits the state folder would do: record ``name``'s new checksum."""
+    record = json.loads((folder / COMPLETE_MARKER).read_text())
+    data = (folder / name).read_bytes()
+    record.setdefault("files", {})[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / COMPLETE_MARKER).write_text(json.dumps(record))
+
+
+def test_state_folder_is_pickle_free_where_we_write_and_records_every_files_sha256(tmp_path, fresh_accelerate_state):
+    _saved_states(tmp_path / "state", steps=(1,))
+    folder = tmp_path / "state" / "step_00000001"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([COMPLETE_MARKER, "model.safetensors", "optimizer.bin", "scheduler.bin",
+                            "rng_state_0.safetensors", "objects.json"])
+    assert json.loads((folder / "objects.json").read_text()) == {"counter": {"count": 1}}
+    record = json.loads((folder / COMPLETE_MARKER).read_text())
+    assert set(record["files"]) == set(names) - {COMPLETE_MARKER}
+    for name, entry in record["files"].items():
+        assert entry == {"size": (folder / name).stat().st_size,
+                         "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
+    assert verify_state(folder) == 1
+    # accelerate pickles what is registered with it, and unpickles it without restriction
+    accelerator, *_ = _tiny_run()
+    accelerator.register_for_checkpointing(Counter())
+    with pytest.raises(ValueError, match="StateCheckpointer.register"):
+        StateCheckpointer(tmp_path / "other").save(accelerator, 1)
+
+
+def test_registered_tensors_round_trip_without_pickle(tmp_path, fresh_accelerate_state):
+    from textualdeg.restoration.ema import ModelEMA
+
+    run = _tiny_run()
+    ema = ModelEMA(run[1], decay=0.9)
+    ema.update(run[1])
+    checkpointer = _checkpointer(tmp_path / "state", run[4])
+    checkpointer.register("ema", ema)
+    folder = checkpointer.save(run[0], 1)
+    assert json.loads((folder / "objects.json").read_text())["ema"]["num_updates"] == 1
+    other = _tiny_run(seed=3)
+    ema2 = ModelEMA(other[1], decay=0.5)
+    resumed = _checkpointer(tmp_path / "state", other[4])
+    resumed.register("ema", ema2)
+    assert resumed.resume(other[0]) == 1
+    assert ema2.decay == 0.9 and ema2.num_updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.state_dict().values(), ema2.module.state_dict().values()))
+    with pytest.raises(ValueError, match="already registered"):
+        resumed.register("ema", ema2)
+    bare = StateCheckpointer(tmp_path / "bare")
+    bare.register("bad", type("Bad", (), {"state_dict": lambda self: {"x": object()},
+                                          "load_state_dict": lambda self, state: None})())
+    with pytest.raises(ValueError, match="bad/x.*object"):
+        bare.save(run[0], 1)
+
+
+@pytest.mark.parametrize("damage", ["bit_flip_in_tensor_data", "truncated", "file_missing"])
+def test_auto_resume_falls_back_from_a_corrupt_newest_state_with_a_warning(tmp_path, damage, caplog,
+                                                                          fresh_accelerate_state):
+    weights = _saved_states(tmp_path / "state")
+    bad = tmp_path / "state" / "step_00000002" / "model.safetensors"
+    if damage == "bit_flip_in_tensor_data":
+        _flip_bit(bad)
+        assert load_weights(bad).keys() == weights[2].keys()  # safetensors alone does not notice
+    elif damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-7])
+    else:
+        bad.unlink()
+    run = _tiny_run(seed=5)
+    with caplog.at_level("WARNING"):
+        assert _checkpointer(tmp_path / "state", run[4]).resume(run[0]) == 1
+    assert all(torch.equal(v, weights[1][k]) for k, v in run[1].state_dict().items())
+    assert run[4].count == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    why = {"bit_flip_in_tensor_data": "sha256", "truncated": "bytes", "file_missing": "missing"}[damage]
+    assert any(str(bad) in m and why in m and "falling back" in m for m in warnings), warnings
+
+
+def test_explicit_corrupt_state_raises_naming_the_file_and_no_usable_state_stops_auto_resume(
+        tmp_path, fresh_accelerate_state):
+    root = tmp_path / "state"
+    _saved_states(root)
+    bad = root / "step_00000002" / "model.safetensors"
+    _flip_bit(bad)
+    run = _tiny_run(seed=5)
+    checkpointer = _checkpointer(root, run[4])
+    for path in (root / "step_00000002", root):  # a state folder, or a root resolving to its newest state
+        with pytest.raises(CheckpointError, match="sha256 differs.*requested explicitly") as info:
+            checkpointer.start_step(run[0], path, auto_resume=True)
+        assert info.value.path == bad
+    assert run[4].count == 0  # nothing was loaded
+    # a state of the old format (no checksums, pickled objects) is refused, not unpickled
+    legacy = root / "step_00000003"
+    shutil.copytree(root / "step_00000001", legacy)
+    (legacy / COMPLETE_MARKER).write_text(json.dumps({"step": 3}))
+    with pytest.raises(CheckpointError, match="no checksums") as info:
+        checkpointer.resume(run[0], path=legacy)
+    assert info.value.path == legacy / COMPLETE_MARKER
+    # every complete state unusable: auto-resume stops rather than start over
+    _flip_bit(root / "step_00000001" / "optimizer.bin", 30)
+    with pytest.raises(CheckpointError, match=r"none of its 3 complete states can be resumed.*optimizer\.bin"):
+        checkpointer.resume(run[0])
+
+
+class _Payload:
+    """Unpickling this creates a file: what a planted pickle could do on resume."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin",
+                                     "random_states_0.pkl"])
+def test_resume_never_executes_a_planted_pickle(tmp_path, planted, monkeypatch, fresh_accelerate_state):
+    _saved_states(tmp_path / "state", steps=(1,))
+    folder = tmp_path / "state" / "step_00000001"
+    works = tmp_path / "payload_works"
+    torch.save(_Payload(works), tmp_path / "payload.bin")
+    torch.load(tmp_path / "payload.bin", weights_only=False)  # what unrestricted unpickling does
+    assert works.exists()
+    pwned = tmp_path / "pwned"
+    torch.save(_Payload(pwned), folder / planted)
+    _forge_checksum(folder, planted)  # checksums catch accidents; the loaders must refuse forgeries
+    weights_only = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        weights_only.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    run = _tiny_run(seed=5)
+    checkpointer = _checkpointer(tmp_path / "state", run[4])
+    if planted == "random_states_0.pkl":  # not ours: accelerate tries it with weights_only=True, we ignore it
+        assert checkpointer.resume(run[0]) == 1 and run[4].count == 1
+    else:
+        with pytest.raises(CheckpointError) as info:
+            checkpointer.resume(run[0])
+        assert f"{planted}: " in str(info.value), str(info.value)  # names the refused file
+    assert not pwned.exists()
+    assert all(flag is True for flag in weights_only), weights_only
+
+
+def test_start_up_removes_stale_temporaries_of_ours_only(tmp_path, fresh_accelerate_state):
+    run = _tiny_run()
+    root, ckpt = tmp_path / "state", tmp_path / "checkpoints"
+    prefixes = ("net_g", "net_g_ema")
+    checkpointer = _checkpointer(root, run[4], keep_last=3, weights_dir=ckpt, weight_prefixes=prefixes)
+    for step in (1, 2, 4):
+        checkpointer.save(run[0], step)
+    os.replace(root / "step_00000004", root / ".tmp_step_00000004")  # killed between marker and rename
+    (root / LATEST_POINTER).write_text("step_00000002\n")
+    dead, live = _dead_pid(), os.getppid()
+    ckpt.mkdir()
+    stale = [
+        root / ".tmp_step_00000003",  # killed inside save_state
+        root / ".trash_step_00000001.0123abcd",  # killed during a rotation
+        root / f".{LATEST_POINTER}.{dead}.0123abcd.tmp",  # killed while writing the pointer
+        temp_path_for(root / LATEST_POINTER),  # this process's own name (a previous run with our pid)
+        ckpt / f".net_g_2.safetensors.{dead}.89abcdef.tmp",
+        ckpt / f".net_g_ema_latest.safetensors.{dead}.89abcdef.tmp",
+    ]
+    kept = [
+        root / f".{LATEST_POINTER}.{live}.0123abcd.tmp",  # a live process is writing it
+        ckpt / f".net_g_3.safetensors.{live}.0123abcd.tmp",
+        ckpt / f".notes.txt.{dead}.0123abcd.tmp",  # not a name of ours
+        ckpt / f".net_g_5.safetensors.{dead}.0123abcd",
+        root / ".tmp_other",
+        root / "step_00000005",  # unmarked: not ours to judge
+        root / "notes.txt",
+    ]
+    fresh = [root / ".tmp_step_00000006", ckpt / f".net_g_6.safetensors.{dead}.0123abcd.tmp"]  # maybe in use
+    folders = {root / ".tmp_step_00000003", root / ".trash_step_00000001.0123abcd", root / ".tmp_other",
+               root / "step_00000005", root / ".tmp_step_00000006"}
+    for path in stale + kept + fresh:
+        if path in folders:
+            path.mkdir()
+            (path / "model.safetensors").write_bytes(b"partial")
+        else:
+            path.write_bytes(b"partial")
+    for path in stale + kept + [root / ".tmp_step_00000004"]:
+        _backdate(path)
+    fresh_run = _tiny_run(seed=1)
+    restarted = _checkpointer(root, fresh_run[4], keep_last=3, weights_dir=ckpt, weight_prefixes=prefixes)
+    assert restarted.start_step(fresh_run[0], None, auto_resume=True) == 4
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in kept + fresh if not p.exists()] == []
+    # the complete state under its temporary name was published, never deleted
+    assert not (root / ".tmp_step_00000004").exists() and verify_state(root / "step_00000004") == 4
+    assert [s for s, _ in restarted.complete_states()] == [1, 2, 4]
+
+
+def test_rotation_keeps_last_weight_files_latest_and_those_of_kept_states(tmp_path, fresh_accelerate_state):
+    run = _tiny_run()
+    root, ckpt = tmp_path / "state", tmp_path / "checkpoints"
+    checkpointer = _checkpointer(root, run[4], keep_last=2, weights_dir=ckpt, weight_prefixes=("net_g", "net_g_ema"))
+    tensors = {"w": torch.zeros(2)}
+    others = ["net_g_latest", "net_g_ema_latest", "net_g_best", "other_10", "net_g_ema_x"]
+    for name in others:
+        save_weights(tensors, ckpt / f"{name}.safetensors")
+
+    def weights_at(step: int) -> None:
+        save_weights(tensors, ckpt / f"net_g_{step}.safetensors")
+        save_weights(tensors, ckpt / f"net_g_ema_{step}.safetensors")
+
+    for step in (10, 20, 30, 40):
+        weights_at(step)
+        checkpointer.save(run[0], step)
+    assert sorted(p.name for p in ckpt.glob("net_g_*0.safetensors")) == [
+        "net_g_30.safetensors", "net_g_40.safetensors", "net_g_ema_30.safetensors", "net_g_ema_40.safetensors"]
+    weights_at(50)  # weights written, then the run died before its state (twice)
+    weights_at(60)
+    weights_at(70)
+    checkpointer.save(run[0], 70)
+    # states 40 and 70 are kept (keep_last=2); weights: the last 2 steps (60, 70) plus 40
+    steps = sorted(int(p.stem.rsplit("_", 1)[1]) for p in ckpt.glob("net_g_[0-9]*.safetensors"))
+    assert steps == [40, 60, 70]
+    assert sorted(p.name for p in ckpt.glob("net_g_ema_[0-9]*.safetensors")) == [
+        "net_g_ema_40.safetensors", "net_g_ema_60.safetensors", "net_g_ema_70.safetensors"]
+    assert all((ckpt / f"{name}.safetensors").is_file() for name in others)
+    with pytest.raises(ValueError, match="give both or neither"):
+        StateCheckpointer(root, weights_dir=ckpt)
 
 
 # --- load_network_weights: the one place weights enter a network --------------------------------

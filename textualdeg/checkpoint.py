@@ -1,31 +1,58 @@
 """Checkpoints: atomic safetensors weight files and crash-safe full training state.
 
-Two layers (STYLE.md section 2.6):
+Two layers:
 
 * ``save_weights`` / ``load_weights``: one network's tensors as a safetensors file,
   written atomically (``textualdeg.fileio.atomic_write``). ``load_weights`` also reads
   legacy torch files (``.pth`` of the official NAFNet / Restormer / BasicSR releases,
   ``{'params': ...}``) with ``torch.load(weights_only=True)``.
-* ``StateCheckpointer``: the full resumable state through accelerate's ``save_state`` /
-  ``load_state`` (models, optimizers, schedulers, samplers, per-rank RNG, objects
-  registered with ``accelerator.register_for_checkpointing``), laid out as::
+* ``StateCheckpointer``: the full resumable state (models, optimizers, schedulers, per-rank
+  RNG streams, objects registered with ``StateCheckpointer.register``: data position,
+  EMA...), laid out as::
 
-      <root>/step_00001000/   accelerate files + COMPLETE (json: step, time, processes)
+      <root>/step_00001000/            one complete state:
+          model.safetensors              accelerate: prepared models (safetensors)
+          optimizer.bin, scheduler.bin   accelerate: torch.save files, read back with
+                                         torch.load(weights_only=True) (plain tensors, numbers)
+          rng_state_<rank>.safetensors   torch (CPU, CUDA), numpy and python RNG streams and
+                                         accelerate's step counter, one file per process
+          objects.json                   registered objects' states, tensors replaced by
+          objects.safetensors            references into this file (absent without tensors)
+          COMPLETE                       json: step, time, processes, format, and the size
+                                         and sha256 of every file above
       <root>/step_00002000/
-      <root>/latest           text file naming the newest state folder, written last
+      <root>/latest                    text file naming the newest state folder, written last
+      <root>/.tmp_step_XXXXXXXX/       a save in progress (or killed), never resumed
+      <root>/.trash_step_XXXXXXXX.<hex>/  a state being deleted
+      <weights_dir>/<prefix>_<step>.safetensors  per-step weights, rotated with the states
+                                         (``<prefix>_latest.safetensors`` is never touched)
+
+No pickle is loaded on resume: accelerate's own RNG file (a pickle of numpy arrays) is
+replaced by ``rng_state_<rank>.safetensors``, registered objects are JSON + safetensors
+instead of accelerate's ``custom_checkpoint_*.pkl`` (which accelerate unpickles without
+restriction, so objects registered with ``accelerator.register_for_checkpointing`` are
+refused), and a folder holding a ``custom_checkpoint_*.pkl`` is rejected.
 
 Crash safety of ``StateCheckpointer.save``: accelerate writes into a hidden
 ``.tmp_step_XXXXXXXX`` folder; once every rank has finished, the main process fsyncs it,
-writes the ``COMPLETE`` marker, renames the folder to ``step_XXXXXXXX``, writes the
-``latest`` pointer atomically, and only then deletes states beyond ``keep_last``. A
-process killed at any moment therefore leaves every earlier state intact, and a state
-folder without its marker (or a hidden temporary folder) is never taken for a complete
-one. ``latest()`` trusts the folders, not the pointer: if the pointer is missing or
-stale (a kill between the rename and the pointer write) the newest complete folder wins.
+writes the ``COMPLETE`` marker (with every file's checksum), renames the folder to
+``step_XXXXXXXX``, writes the ``latest`` pointer atomically, and only then deletes states
+beyond ``keep_last`` and their per-step weight files. A process killed at any moment
+therefore leaves every earlier state intact, and a state folder without its marker (or a
+hidden temporary folder) is never taken for a complete one. ``latest()`` trusts the
+folders, not the pointer: if the pointer is missing or stale (a kill between the rename
+and the pointer write) the newest complete folder wins. What killed saves leave behind
+(temporary folders and ``atomic_write`` temporaries of the pointer and the weight files)
+is removed at start-up and on rotation once no process uses it (``clean_stale``).
+
+Resume verifies the chosen state against the checksums in its marker, so truncation and
+bit rot inside tensor data are caught before anything is loaded. Auto-resume then falls
+back to the previous complete state with a warning naming the bad file; an explicitly
+requested state (``path.resume_state``) that fails raises ``CheckpointError`` instead.
 
 The state root must be on a file system shared by all processes (the usual case for
 multi-GPU and multi-node training; accelerate writes weights from the main process and
-RNG files from every rank).
+RNG files from every rank, and the main process checksums them all).
 
 Part of textualdeg, a reimplementation of "Improving Image Restoration through Removing
 Degradations in Textual Representations" (Lin et al., CVPR 2024, arXiv:2312.17334).
@@ -33,20 +60,25 @@ Degradations in Textual Representations" (Lin et al., CVPR 2024, arXiv:2312.1733
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import shutil
+import time
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from textualdeg.fileio import atomic_write, atomic_write_text, fsync_directory, fsync_tree
@@ -57,9 +89,20 @@ logger = get_logger(__name__)
 COMPLETE_MARKER = "COMPLETE"
 LATEST_POINTER = "latest"
 WRAPPER_KEYS = ("params", "state_dict", "params_ema", "model")
+STATE_FORMAT = 2  # 1: accelerate's pickled custom objects and RNG files, no checksums
+OBJECTS_JSON = "objects.json"
+OBJECTS_TENSORS = "objects.safetensors"
 _STATE_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp_"
 _TRASH_PREFIX = ".trash_"
+_TMP_DIR = re.compile(r"^\.tmp_step_(\d+)$")
+_TRASH_DIR = re.compile(r"^\.trash_step_\d+\.[0-9a-f]{8}$")
+# the names textualdeg.fileio.temp_path_for gives: .<name>.<pid>.<8 hex>.tmp
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_UNSAFE_PICKLE = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # accelerate: torch.load(weights_only=False)
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_TENSOR_REF = "__tensor__"
+_RNG_FORMAT = "textualdeg-rng-1"
 _TORCH_ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_PICKLE_MAGIC = b"\x80"
 
@@ -296,32 +339,37 @@ def _load_torch_weights(
 # full training state
 
 
+
 def state_dir_name(step: int) -> str:
     """Folder name of the state saved at ``step`` (``step_00001000``)."""
     return f"step_{step:08d}"
+
+
+def _marker_step(folder: Path, expected: int) -> int | None:
+    """The step in ``folder``'s ``COMPLETE`` marker if it is readable and equals ``expected``."""
+    try:
+        record = json.loads((folder / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step != expected:
+        return None
+    return step
 
 
 def read_state_step(folder: str | os.PathLike) -> int | None:
     """Return the step recorded in a state folder's ``COMPLETE`` marker, or None.
 
     None means the folder is not a complete state: no marker, an unreadable marker, or a
-    marker whose step disagrees with the folder name.
+    marker whose step disagrees with the folder name. The files are not checked here
+    (see :func:`verify_state`).
 
     Args:
         folder: a ``step_XXXXXXXX`` folder.
     """
     folder = Path(folder)
     match = _STATE_DIR.match(folder.name)
-    if match is None:
-        return None
-    try:
-        record = json.loads((folder / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    step = record.get("step") if isinstance(record, dict) else None
-    if not isinstance(step, int) or step != int(match.group(1)):
-        return None
-    return step
+    return None if match is None else _marker_step(folder, int(match.group(1)))
 
 
 def find_resume_state(path: str | os.PathLike) -> Path | None:
@@ -343,31 +391,285 @@ def find_resume_state(path: str | os.PathLike) -> Path | None:
     return StateCheckpointer(path).latest()
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` except its top-level ``COMPLETE`` marker, as sorted POSIX paths."""
+    names = []
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            rel = (Path(parent) / name).relative_to(folder).as_posix()
+            if rel != COMPLETE_MARKER:
+                names.append(rel)
+    return sorted(names)
+
+
+def _file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": bytes, "sha256": hex}}`` for every file of a state folder."""
+    return {rel: {"size": (folder / rel).stat().st_size, "sha256": _sha256(folder / rel)}
+            for rel in _state_files(folder)}
+
+
+def verify_state(folder: str | os.PathLike) -> int:
+    """Check a state folder against the checksums its ``COMPLETE`` marker recorded at save.
+
+    Every recorded file must exist with its size and sha256 (so bit rot inside tensor data
+    is caught, not only truncation), and no file that resuming would unpickle
+    unrestricted (accelerate's ``custom_checkpoint_*.pkl``) may be present. Files that
+    are not recorded are reported with a warning (they are not verified).
+
+    Args:
+        folder: a ``step_XXXXXXXX`` folder.
+
+    Returns:
+        The folder's step.
+
+    Raises:
+        CheckpointError: naming the offending file (or the marker) and why.
+    """
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    match = _STATE_DIR.match(folder.name)
+    if match is None or _marker_step(folder, int(match.group(1))) is None:
+        raise CheckpointError(marker, f"missing, unreadable, or its step disagrees with the folder name {folder.name}")
+    step = int(match.group(1))
+    files = json.loads(marker.read_text()).get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(
+            marker, "records no checksums: the state was written by an older textualdeg (objects pickled by "
+            "accelerate), which cannot be verified or loaded without unpickling; start a new run from its "
+            "checkpoints/ weights instead (e.g. path.pretrain_network_g)"
+        )
+    present = _state_files(folder)
+    for rel in present:
+        if _UNSAFE_PICKLE.match(Path(rel).name):
+            raise CheckpointError(folder / rel, "accelerate would unpickle this file without restriction on resume; "
+                                  "textualdeg never writes it, so the state folder was tampered with")
+    unexpected = sorted(set(present) - set(files))
+    if unexpected:
+        logger.warning("state %s holds files its %s marker does not record (not verified): %s",
+                       folder, COMPLETE_MARKER, _first(unexpected))
+    for rel, entry in sorted(files.items()):
+        path = folder / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not isinstance(entry, dict):
+            raise CheckpointError(marker, f"malformed file entry {rel!r}")
+        if not path.is_file():
+            raise CheckpointError(path, f"missing (recorded in {COMPLETE_MARKER} at save)")
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            raise CheckpointError(path, f"{size} bytes, {entry.get('size')} recorded at save (truncated or replaced)")
+        if _sha256(path) != entry.get("sha256"):
+            raise CheckpointError(path, "sha256 differs from the one recorded at save (bit rot or an edit)")
+    return step
+
+
+# -- registered objects and RNG streams, written without pickle ---------------------------
+
+
+def _encode(value: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of ``value``; tensors are moved to ``tensors`` and replaced by a reference."""
+    where = "/".join(path)
+    if isinstance(value, torch.Tensor):
+        if where in tensors:
+            raise ValueError(f"state entry {where!r} appears twice")
+        tensors[where] = value
+        return {_TENSOR_REF: where}
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key == _TENSOR_REF:
+                raise ValueError(f"state entry {where!r}: key {key!r} cannot be saved (expected a str)")
+            out[key] = _encode(item, (*path, key), tensors)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_encode(item, (*path, str(i)), tensors) for i, item in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(
+        f"state entry {where!r} is a {type(value).__name__}; registered objects may hold tensors, "
+        "str-keyed dicts, lists, numbers, strings and None (saved without pickle)"
+    )
+
+
+def _decode(node: Any, tensors: Mapping[str, torch.Tensor], source: Path) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {_TENSOR_REF}:
+            if node[_TENSOR_REF] not in tensors:
+                raise CheckpointError(source, f"no tensor {node[_TENSOR_REF]!r} in {OBJECTS_TENSORS}")
+            return tensors[node[_TENSOR_REF]]
+        return {key: _decode(item, tensors, source) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_decode(item, tensors, source) for item in node]
+    return node
+
+
+def _rng_file(folder: Path, rank: int) -> Path:
+    return folder / f"rng_state_{rank}.safetensors"
+
+
+def _save_rng_state(folder: Path, rank: int, accelerator_step: int) -> None:
+    """This process's torch (CPU and CUDA), numpy and python RNG streams as safetensors + JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{index}"] = state
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss_next = random.getstate()
+    tensors["python_state"] = torch.tensor(internal, dtype=torch.int64)  # 625 words < 2**32
+    record = {
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "gauss_next": gauss_next},
+        "accelerator_step": int(accelerator_step),
+    }
+    save_weights(tensors, _rng_file(folder, rank), metadata={"format": _RNG_FORMAT, "state": json.dumps(record)})
+
+
+def _load_rng_state(folder: Path, rank: int) -> int | None:
+    """Restore what ``_save_rng_state`` wrote; returns the accelerator's step, None without a file."""
+    path = _rng_file(folder, rank)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        record = json.loads(metadata["state"])
+        numpy_state, python_state = record["numpy"], record["python"]
+        torch.set_rng_state(tensors["torch"])
+        np.random.set_state((numpy_state["kind"], tensors["numpy_keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        random.setstate((python_state["version"], tuple(tensors["python_state"].tolist()), python_state["gauss_next"]))
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(path, f"not a textualdeg RNG state ({type(error).__name__}: {error})") from error
+    cuda = sorted((int(key.split(".")[1]), value) for key, value in tensors.items() if key.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            logger.warning("%s holds %d CUDA RNG states, this process sees %d devices; restoring the common ones",
+                           path, len(cuda), torch.cuda.device_count())
+        for index, state in cuda[: torch.cuda.device_count()]:
+            torch.cuda.set_rng_state(state, device=index)
+    return int(record["accelerator_step"])
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host; False where that cannot be asked (the age check decides)."""
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except OSError:
+        return False
+    return True
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since anything under ``path`` (inclusive) was last modified; 0 if it vanished meanwhile."""
+    try:
+        newest = path.lstat().st_mtime
+    except OSError:
+        return 0.0
+    if path.is_dir() and not path.is_symlink():
+        for parent, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+    return time.time() - newest
+
+
 class StateCheckpointer:
-    """Save, rotate and resume full training states under one root folder.
+    """Save, verify, rotate and resume full training states under one root folder.
 
     Every method that takes an ``accelerator`` must be called on all processes; only the
-    main process renames folders, writes the pointer and deletes old states.
+    main process renames folders, writes the pointer and deletes old states. Objects with
+    ``state_dict``/``load_state_dict`` (data position, EMA...) are registered with
+    :meth:`register`, never with ``accelerator.register_for_checkpointing`` (accelerate
+    pickles those and unpickles them without restriction on resume).
 
     Args:
         root: the state root, e.g. ``experiments/<name>/state``. Created on first save.
         keep_last: how many complete states to keep (>= 1); None keeps all. The state
             ``latest`` points to and the one just saved are never deleted.
+        weights_dir: the run's weight folder (``experiments/<name>/checkpoints``) whose
+            per-step files are rotated with the states and whose temporaries are cleaned;
+            None leaves weight files alone.
+        weight_prefixes: names of the weight files in ``weights_dir``: ``<prefix>_<step>.safetensors``
+            are rotated (the last ``keep_last`` steps and the steps of kept states stay),
+            ``<prefix>_latest.safetensors`` and every other name are never touched.
+        stale_after_s: temporaries younger than this (seconds, newest file inside for
+            folders) are taken to be in use and left alone.
     """
 
-    def __init__(self, root: str | os.PathLike, keep_last: int | None = 3) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        keep_last: int | None = 3,
+        *,
+        weights_dir: str | os.PathLike | None = None,
+        weight_prefixes: tuple[str, ...] = (),
+        stale_after_s: float = 120.0,
+    ) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f"keep_last={keep_last!r}: expected an int >= 1 or None")
+        if (weights_dir is None) != (not weight_prefixes):
+            raise ValueError(f"weights_dir={weights_dir!r}, weight_prefixes={weight_prefixes!r}: give both or neither")
+        for prefix in weight_prefixes:
+            if not isinstance(prefix, str) or not _NAME.match(prefix):
+                raise ValueError(f"weight_prefixes: {prefix!r} is not a plain file-name prefix ([A-Za-z0-9_]+)")
+        if stale_after_s < 0:
+            raise ValueError(f"stale_after_s={stale_after_s!r}: expected a number >= 0")
         self.root = Path(root)
         self.keep_last = keep_last
+        self.weights_dir = None if weights_dir is None else Path(weights_dir)
+        self.weight_prefixes = tuple(weight_prefixes)
+        self.stale_after_s = float(stale_after_s)
+        alternatives = "|".join(re.escape(prefix) for prefix in sorted(weight_prefixes, key=len, reverse=True))
+        # net_g_500.safetensors (rotated); net_g_latest.safetensors, i2t_mapper.json (temporaries cleaned)
+        self._step_weight = re.compile(rf"^(?:{alternatives})_(\d+)\.safetensors$") if alternatives else None
+        self._weight_name = (re.compile(rf"^(?:{alternatives})(?:_[A-Za-z0-9]+)?\.(?:safetensors|json)$")
+                             if alternatives else None)
+        self._objects: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"StateCheckpointer(root={str(self.root)!r}, keep_last={self.keep_last})"
+        return (f"StateCheckpointer(root={str(self.root)!r}, keep_last={self.keep_last}, "
+                f"objects={sorted(self._objects)})")
+
+    def register(self, name: str, obj: Any) -> None:
+        """Add an object with ``state_dict``/``load_state_dict`` to every saved state.
+
+        Its state is written as ``objects.json`` plus ``objects.safetensors`` (no pickle),
+        by the main process, and loaded on every process; it may hold tensors, str-keyed
+        dicts, lists, numbers, strings and None (tuples come back as lists).
+
+        Args:
+            name: a unique key (``[A-Za-z0-9_]+``), e.g. ``"position"`` or ``"ema"``.
+            obj: the object.
+        """
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"name={name!r}: expected a non-empty [A-Za-z0-9_]+ string")
+        if name in self._objects:
+            raise ValueError(f"name={name!r} is already registered")
+        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+            raise ValueError(f"{name!r}: a {type(obj).__name__} has no state_dict/load_state_dict")
+        self._objects[name] = obj
 
     # -- queries ------------------------------------------------------------------------
 
     def complete_states(self) -> list[tuple[int, Path]]:
-        """Return ``(step, folder)`` for every complete state, oldest first."""
+        """Return ``(step, folder)`` for every complete state, oldest first (files not verified)."""
         if not self.root.is_dir():
             return []
         states = []
@@ -383,6 +685,7 @@ class StateCheckpointer:
 
         Temporary and unmarked folders are ignored. The ``latest`` pointer is checked
         against the folders; when it is missing or stale the newest complete folder wins.
+        The files are not verified (:meth:`resume` does that).
         """
         states = self.complete_states()
         if not states:
@@ -407,10 +710,11 @@ class StateCheckpointer:
     def save(self, accelerator: Any, step: int) -> Path:
         """Save the full training state at ``step`` (call on ALL processes).
 
-        Calls ``accelerator.save_state`` on every rank (so each rank's RNG state is
-        written), then finalises on the main process: fsync, ``COMPLETE`` marker, rename
-        to ``step_XXXXXXXX``, ``latest`` pointer, rotation. Saving a step that already
-        exists replaces it.
+        Calls ``accelerator.save_state`` on every rank, replaces accelerate's pickled RNG
+        file with ``rng_state_<rank>.safetensors``, writes the registered objects (main
+        process), then finalises on the main process: fsync, ``COMPLETE`` marker with
+        every file's sha256, rename to ``step_XXXXXXXX``, ``latest`` pointer, rotation.
+        Saving a step that already exists replaces it.
 
         Args:
             accelerator: the ``accelerate.Accelerator`` that prepared the objects.
@@ -420,8 +724,9 @@ class StateCheckpointer:
             The final state folder.
 
         Raises:
-            ValueError: ``step`` is negative or not an int, or the accelerator uses
-                ``automatic_checkpoint_naming`` (which ignores the folder we give it).
+            ValueError: ``step`` is negative or not an int, the accelerator uses
+                ``automatic_checkpoint_naming`` (which ignores the folder we give it), or
+                objects were registered with ``accelerator.register_for_checkpointing``.
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step={step!r}: expected an int >= 0")
@@ -430,6 +735,9 @@ class StateCheckpointer:
                 "accelerator.project_configuration.automatic_checkpoint_naming=True: "
                 "StateCheckpointer names and rotates the folders itself; turn it off"
             )
+        _refuse_pickled_objects(accelerator)
+        from accelerate.utils import RNG_STATE_NAME
+
         final = self.root / state_dir_name(step)
         tmp = self.root / f"{_TMP_PREFIX}{final.name}"
         if accelerator.is_main_process:
@@ -439,25 +747,44 @@ class StateCheckpointer:
             tmp.mkdir()
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        rank = accelerator.process_index
+        # accelerate's RNG file is a pickle (numpy arrays inside); ours holds the same streams
+        (tmp / f"{RNG_STATE_NAME}_{rank}.pkl").unlink(missing_ok=True)
+        _save_rng_state(tmp, rank, accelerator.step)
+        if accelerator.is_main_process:
+            self._save_objects(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self._finalize(tmp, final, step, accelerator.num_processes)
         accelerator.wait_for_everyone()
         return final
 
+    def _save_objects(self, folder: Path) -> None:
+        """Main process: the registered objects as ``objects.json`` (+ ``objects.safetensors``)."""
+        if not self._objects:
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        tree = {name: _encode(obj.state_dict(), (name,), tensors) for name, obj in self._objects.items()}
+        if tensors:
+            save_weights(tensors, folder / OBJECTS_TENSORS)
+        (folder / OBJECTS_JSON).write_text(json.dumps(tree, indent=1) + "\n")
+
     def _finalize(self, tmp: Path, final: Path, step: int, num_processes: int) -> None:
-        """Main process: make ``tmp`` durable, mark it complete, publish it, rotate."""
+        """Main process: make ``tmp`` durable, mark it complete with checksums, publish it, rotate."""
         fsync_tree(tmp)
         record = {
             "step": step,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "num_processes": num_processes,
+            "format": STATE_FORMAT,
+            "files": _file_manifest(tmp),
         }
-        atomic_write_text(tmp / COMPLETE_MARKER, json.dumps(record) + "\n")
+        atomic_write_text(tmp / COMPLETE_MARKER, json.dumps(record, indent=1) + "\n")
         replaced = None
         if final.exists():
             # Re-saving a step (e.g. after resuming from it). A kill between these two
-            # renames loses only this step's folder; earlier states stay complete.
+            # renames leaves the new state complete under its temporary name, and
+            # clean_stale() publishes it.
             replaced = self._move_to_trash(final)
         os.replace(tmp, final)
         fsync_directory(self.root)
@@ -474,10 +801,8 @@ class StateCheckpointer:
         return trash
 
     def _rotate(self, protect: Path) -> None:
-        """Delete complete states beyond ``keep_last`` and leftovers of killed saves."""
-        for entry in self.root.iterdir():
-            if entry.is_dir() and entry != protect and entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                shutil.rmtree(entry, ignore_errors=True)
+        """Delete leftovers of killed saves, complete states beyond ``keep_last`` and their weight files."""
+        self.clean_stale()
         if self.keep_last is None:
             return
         states = self.complete_states()
@@ -489,18 +814,107 @@ class StateCheckpointer:
                 continue
             shutil.rmtree(self._move_to_trash(folder), ignore_errors=True)
             logger.info("removed old training state %s (keep_last=%d)", folder, self.keep_last)
+        if self.weights_dir is not None:
+            self._rotate_weights({step for step, _ in self.complete_states()})
+
+    def _rotate_weights(self, state_steps: set[int]) -> None:
+        """Delete ``<prefix>_<step>.safetensors`` files except the last ``keep_last`` steps' and ``state_steps``'."""
+        if not self.weights_dir.is_dir():
+            return
+        by_step: dict[int, list[Path]] = {}
+        for entry in self.weights_dir.iterdir():
+            match = self._step_weight.match(entry.name)
+            if match is not None and entry.is_file() and not entry.is_symlink():
+                by_step.setdefault(int(match.group(1)), []).append(entry)
+        steps = sorted(by_step)
+        keep = set(steps[-self.keep_last:]) | state_steps
+        removed = [path for step in steps if step not in keep for path in by_step[step]]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed %d weight files of steps %s from %s (keep_last=%d)", len(removed),
+                        sorted(step for step in steps if step not in keep), self.weights_dir, self.keep_last)
+
+    def clean_stale(self) -> list[Path]:
+        """Main process: remove what interrupted saves left behind; called at start-up and on rotation.
+
+        Only names this module and ``textualdeg.fileio.atomic_write`` create are touched,
+        and only once nothing under them changed for ``stale_after_s`` seconds:
+
+        * ``.tmp_step_XXXXXXXX`` without a valid marker (a killed ``save``) is deleted; one
+          with its marker (killed between marker and rename) is a complete state and is
+          published as ``step_XXXXXXXX`` when that name is free, else left alone;
+        * ``.trash_step_*`` (a killed rotation or re-save) is deleted;
+        * ``.latest.<pid>.<hex>.tmp`` in the state root and ``.<weight name>.<pid>.<hex>.tmp``
+          in ``weights_dir`` are deleted unless process ``pid`` still runs on this host.
+
+        Returns:
+            The removed paths.
+        """
+        removed: list[Path] = []
+        if self.root.is_dir():
+            for entry in sorted(self.root.iterdir()):
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir() and _TRASH_DIR.match(entry.name):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+                elif entry.is_dir() and _TMP_DIR.match(entry.name):
+                    if self._clean_tmp_state(entry, int(_TMP_DIR.match(entry.name).group(1))):
+                        removed.append(entry)
+                elif self._stale_temp_file(entry, lambda name: name == LATEST_POINTER):
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry)
+        if self.weights_dir is not None and self.weights_dir.is_dir():
+            for entry in sorted(self.weights_dir.iterdir()):
+                if not entry.is_symlink() and self._stale_temp_file(entry, self._weight_name.match):
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry)
+        if removed:
+            logger.info("removed %d leftovers of interrupted saves: %s", len(removed),
+                        _first([str(path) for path in removed]))
+        return removed
+
+    def _clean_tmp_state(self, tmp: Path, step: int) -> bool:
+        """Publish or delete one stale ``.tmp_step_XXXXXXXX`` folder; True if it was deleted."""
+        if _age_s(tmp) < self.stale_after_s:
+            return False
+        if _marker_step(tmp, step) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return True
+        final = self.root / state_dir_name(step)
+        if final.exists():
+            logger.warning("left %s alone: it holds a complete state, but %s exists too", tmp, final.name)
+            return False
+        os.replace(tmp, final)
+        fsync_directory(self.root)
+        logger.warning("published %s as %s: its save was interrupted after it completed", tmp, final)
+        return False
+
+    def _stale_temp_file(self, entry: Path, is_ours: Callable[[str], object]) -> bool:
+        """Whether ``entry`` is an ``atomic_write`` temporary of a name ``is_ours`` accepts, no longer in use."""
+        match = _TEMP_FILE.match(entry.name)
+        if match is None or not is_ours(match.group("name")) or not entry.is_file():
+            return False
+        pid = int(match.group("pid"))
+        return _age_s(entry) >= self.stale_after_s and (pid == os.getpid() or not _pid_alive(pid))
 
     # -- resume -------------------------------------------------------------------------
 
     def resume(self, accelerator: Any, path: str | os.PathLike | None = None) -> int | None:
-        """Load the newest complete state (or the one ``path`` names); call on ALL processes.
+        """Verify and load the newest usable state (or the one ``path`` names); call on ALL processes.
 
-        The main process chooses the folder and broadcasts it, so every rank loads the
-        same state even while the file system settles.
+        The main process chooses the folder, verifies every file against the checksums
+        of its ``COMPLETE`` marker, and broadcasts its choice, so every rank loads the
+        same state. With ``path=None`` a state that fails verification is skipped with a
+        warning naming the bad file, and the previous complete state is tried. An explicit
+        ``path`` has no fallback. Nothing is unpickled: registered objects and RNG streams
+        come from JSON and safetensors, accelerate's optimizer/scheduler files are read
+        with ``torch.load(weights_only=True)``.
 
         Args:
-            accelerator: the ``accelerate.Accelerator`` that prepared the objects (and
-                registered the same custom objects as when saving).
+            accelerator: the ``accelerate.Accelerator`` that prepared the objects (the
+                same objects must be registered with :meth:`register` as when saving).
             path: None for the newest state under ``root``; else a state folder or a state
                 root (see ``find_resume_state``).
 
@@ -509,42 +923,139 @@ class StateCheckpointer:
             been saved yet (a fresh run).
 
         Raises:
-            CheckpointError: ``path`` was given but holds no complete state.
+            CheckpointError: naming the file and the cause: ``path`` holds no complete
+                state or fails verification; with ``path=None``, every complete state fails
+                verification; or a verified state does not fit this run.
         """
-        payload: list[Any] = [None, None, None]  # folder, step, error cause
+        _refuse_pickled_objects(accelerator)
+        payload: list[Any] = [None, None, None, None]  # folder, step, error path, error cause
         if accelerator.is_main_process:
-            if path is None:
-                folder = self.latest()
+            try:
+                chosen = self._choose(path)
+            except CheckpointError as error:
+                payload[2], payload[3] = str(error.path), error.cause
             else:
-                folder = find_resume_state(path)
-                if folder is None:
-                    payload[2] = (
-                        "no complete training state there (a state folder holds a "
-                        f"{COMPLETE_MARKER} marker written by StateCheckpointer.save)"
-                    )
-            if folder is not None:
-                payload[0], payload[1] = str(folder), read_state_step(folder)
+                if chosen is not None:
+                    payload[0], payload[1] = str(chosen[1]), chosen[0]
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(payload, from_process=0)
-        folder, step, cause = payload
+        folder, step, error_path, cause = payload
         if cause is not None:
-            raise CheckpointError(path, cause)
+            raise CheckpointError(error_path, cause)
         if folder is None:
             return None
-        accelerator.load_state(folder)
+        self._load(accelerator, Path(folder))
         logger.info("resumed training state of step %d from %s", step, folder)
         return step
+
+    def _choose(self, path: str | os.PathLike | None) -> tuple[int, Path] | None:
+        """Main process: the verified ``(step, folder)`` to resume, None for a fresh run."""
+        if path is not None:
+            folder = find_resume_state(path)
+            if folder is None:
+                raise CheckpointError(path, "no complete training state there (a state folder holds a "
+                                            f"{COMPLETE_MARKER} marker written by StateCheckpointer.save)")
+            try:
+                return verify_state(folder), folder
+            except CheckpointError as error:
+                raise CheckpointError(error.path, f"{error.cause}; the state {folder} was requested explicitly "
+                                      "(path.resume_state), so no other state is tried") from error
+        rejected = []
+        for step, folder in reversed(self.complete_states()):
+            try:
+                return verify_state(folder), folder
+            except CheckpointError as error:
+                logger.warning("training state %s is unusable (%s: %s); falling back to the previous complete state",
+                               folder, error.path, error.cause)
+                rejected.append(f"{error.path}: {error.cause}")
+        if rejected:
+            raise CheckpointError(self.root, f"none of its {len(rejected)} complete states can be resumed ("
+                                  + "; ".join(rejected) + "); remove them to start over")
+        return None
+
+    def _load(self, accelerator: Any, folder: Path) -> None:
+        """Every process: accelerate's files, then the registered objects and this rank's RNG streams."""
+        try:
+            accelerator.load_state(str(folder))  # weights_only=True for optimizer/scheduler/scaler files
+        except pickle.UnpicklingError as error:
+            raise _refused_pickle(folder) from error
+        except (SafetensorError, RuntimeError, ValueError, KeyError, EOFError, OSError) as error:
+            raise CheckpointError(folder, f"does not load into this run ({type(error).__name__}: {error})") from error
+        self._load_objects(folder)
+        accelerator_step = _load_rng_state(folder, accelerator.process_index)
+        if accelerator_step is None:
+            logger.warning("%s has no RNG state for process %d (saved by fewer processes?); random streams not "
+                           "restored", folder, accelerator.process_index)
+        else:
+            accelerator.step = accelerator_step
+
+    def _load_objects(self, folder: Path) -> None:
+        if not self._objects:
+            return
+        source = folder / OBJECTS_JSON
+        try:
+            tree = json.loads(source.read_text())
+            tensors = load_file(str(folder / OBJECTS_TENSORS)) if (folder / OBJECTS_TENSORS).is_file() else {}
+        except (OSError, ValueError, SafetensorError) as error:
+            raise CheckpointError(source, f"registered objects unreadable ({type(error).__name__}: {error})") from error
+        missing = sorted(set(self._objects) - set(tree))
+        if missing:
+            raise CheckpointError(source, f"no state for the registered object(s) {missing} (saved: {sorted(tree)})")
+        extra = sorted(set(tree) - set(self._objects))
+        if extra:
+            logger.warning("%s holds objects this run does not register (ignored): %s", source, extra)
+        for name, obj in self._objects.items():
+            try:
+                obj.load_state_dict(_decode(tree[name], tensors, source))
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                raise CheckpointError(
+                    source, f"object {name!r} does not load ({type(error).__name__}: {error})") from error
 
     def start_step(self, accelerator: Any, resume_state: str | os.PathLike | None, auto_resume: bool) -> int:
         """The step a training run starts from; call on ALL processes.
 
-        ``resume_state`` (an option file's ``path.resume_state``) wins; otherwise, with
-        ``auto_resume``, the newest complete state of this run; otherwise step 0.
+        First cleans what interrupted saves left behind (:meth:`clean_stale`, main
+        process). Then ``resume_state`` (an option file's ``path.resume_state``) wins;
+        otherwise, with ``auto_resume``, the newest usable state of this run; otherwise 0.
         """
+        if accelerator.is_main_process:
+            self.clean_stale()
         if resume_state:
             return self.resume(accelerator, resume_state) or 0
         if auto_resume:
             return self.resume(accelerator) or 0
         return 0
+
+
+def _refused_pickle(folder: Path) -> CheckpointError:
+    """The error for a torch file of ``folder`` that the restricted unpickler refused, naming it.
+
+    accelerate does not say which file failed, so (on this failure path only) each torch
+    file is read again with ``torch.load(weights_only=True)``, which never runs its code.
+    """
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".bin", ".pt", ".pkl") or not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as handle:
+                torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f"it references {found.group(1)}" if found else type(error).__name__
+            return CheckpointError(path, f"holds objects other than tensors and plain values ({what}); refused "
+                                   "without running them. The state folder was edited or not written by textualdeg")
+    return CheckpointError(folder, "a torch file holds objects other than tensors and plain values; refused without "
+                           "running them")
+
+
+def _refuse_pickled_objects(accelerator: Any) -> None:
+    """Objects registered with accelerate are pickled, and unpickled with weights_only=False on resume."""
+    registered = getattr(accelerator, "_custom_objects", None) or []
+    if registered:
+        names = ", ".join(type(obj).__name__ for obj in registered)
+        raise ValueError(
+            f"objects registered with accelerator.register_for_checkpointing ({names}) are pickled by accelerate "
+            "and unpickled without restriction on resume; register them with StateCheckpointer.register instead"
+        )

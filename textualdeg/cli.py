@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, function_name, _ = _COMMANDS[command]
     function = getattr(importlib.import_module(module_name), function_name)
     result = function(rest)
-    return int(result or 0)
+    # commands return their results (a path, a summary dict) or an exit status (int)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 if __name__ == "__main__":

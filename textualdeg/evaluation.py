@@ -1,11 +1,11 @@
 """Stage 5: evaluate a restoration checkpoint on test sets, with the metric protocol recorded.
 
 Replaces the authors' six ``main_evaluation_*_denoise*.py`` scripts and
-``main_evaluation_deblur_derain_dehaze.py`` (method.md section 5), which pair files by
-sorted position (D45), feed numpy to CUDA models (D42), have no Y channel or border crop,
-and hard-code the 3-D SSIM on CUDA (D47). Here one option file (``EVALUATION_SCHEMA``,
-declared in this module) says which network, which weights, which test sets and which
-metric protocol; :func:`evaluate` then
+``main_evaluation_deblur_derain_dehaze.py``, which pair files by sorted position (D45),
+feed numpy to CUDA models (D42), have no Y channel or border crop, and hard-code the 3-D
+SSIM on CUDA (D47; IDs as in docs/official_differences.md). Here one option file
+(``EVALUATION_SCHEMA``, declared in this module) says which network, which weights, which
+test sets and which metric protocol; :func:`evaluate` then
 
 1. builds ``network_g`` from ``ARCH_REGISTRY`` and loads ``path.pretrain_network_g``;
 2. pairs LQ / GT / guidance files by stem (``textualdeg.data.paired.pair_folders``), or,

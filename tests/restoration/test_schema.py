@@ -50,7 +50,8 @@ def test_option_file_loads_and_builds_network_on_meta_device(path):
     else:
         assert any(n.startswith("masa_") for n in names)  # every other file trains a guided network
     if path.name.startswith("002"):
-        # shared/reference/PARAMS.md: the authors' GoPro NAFNetRefFusion, middle fusion of 1 block;
+        # the authors' GoPro NAFNetRefFusion, middle fusion of 1 block (D56 in
+        # docs/official_differences.md; reference/textualdeg_nafnet_reffusion_gopro.keys.tsv);
         # the refined path adds 2 gate scalars per level (5) and the 3->64 pixel convolution
         extra = 2 * 5 + 3 * 64 * 9 + 64 if spec.get("reference_mode") == "refined" else 0
         assert sum(p.numel() for p in model.parameters()) == 223_791_683 + extra

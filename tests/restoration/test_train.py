@@ -83,7 +83,8 @@ def test_resume_mid_epoch_equals_uninterrupted_run(folders, tmp_path):
               "train.param_fix_group=backbone", "train.scheduler.periods=[8]", "train.warmup_iter=3",
               "val.val_freq=100", "logger.print_freq=2"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(_opt(folders, whole, "train.total_iter=8", "logger.save_checkpoint_freq=1", *common))
+    train(_opt(folders, whole, "train.total_iter=8", "logger.save_checkpoint_freq=1", "logger.keep_last_states=8",
+               *common))  # keep every net_g_<step> file (rotated with the states)
     train(_opt(folders, parts, "train.total_iter=4", "logger.save_checkpoint_freq=4", *common))
     assert StateCheckpointer(parts / "state").latest().name == "step_00000004"
     # 12 images / batch 2 = 6 batches per epoch: step 4 is mid-epoch, 8 is in the next epoch
@@ -109,7 +110,8 @@ def test_refined_path_resumes_bit_identically_with_correspondence_loss_and_froze
               "train.param_fix_group=reference", "train.correspondence_opt.loss_weight=0.1",
               "network_g.reference_mode=refined", "train.scheduler.periods=[6]", "val.val_freq=100"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(_opt(folders, whole, "train.total_iter=6", "logger.save_checkpoint_freq=1", *common))
+    train(_opt(folders, whole, "train.total_iter=6", "logger.save_checkpoint_freq=1", "logger.keep_last_states=6",
+               *common))  # keep every net_g_<step> file (rotated with the states)
     train(_opt(folders, parts, "train.total_iter=3", "logger.save_checkpoint_freq=3", *common))
     train(_opt(folders, parts, "train.total_iter=6", "logger.save_checkpoint_freq=3", *common))
     a, b = _weights(whole), _weights(parts)

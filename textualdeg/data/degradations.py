@@ -1,6 +1,6 @@
 """Synthetic degradations: Gaussian noise, motion blur, haze and rain streaks.
 
-These make on-the-fly training pairs (denoising) and the demo dataset (issue 6). Every
+These make on-the-fly training pairs (denoising) and the demo dataset. Every
 function takes a float32 (H, W, C) image in [0, 1] and a ``numpy.random.Generator`` and
 returns a new float32 (H, W, C) image; the input is never modified. Randomness comes only
 from the generator, so a degradation is reproducible from its seed.

@@ -11,7 +11,8 @@ one), each with its guidance folder; the authors draw one of the five choices un
 ``task_ratios``). Items carry a ``task`` string (``denoise_15``, ``derain``, ...).
 
 The authors' version matches files by position in sorted globs and reads the guidance
-from the consumed LQ file handle (D29); here every task uses the stem-matched datasets.
+from the consumed LQ file handle (D29 in docs/official_differences.md); here every task
+uses the stem-matched datasets.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.

@@ -1,7 +1,7 @@
 """On-the-fly Gaussian denoising datasets: clean images + guidance, noise added per item.
 
 ``GaussianDenoisingRefDataset`` replaces the authors' ``Dataset_GaussianDenoisingWithRef``
-(method.md §4.2, YAMLs 011-018):
+(the authors' option files 011-018; IDs as in docs/official_differences.md):
 
 - training: a clean ``gt_size`` patch (reflect-padded if needed), LQ = patch + white
   Gaussian noise of sigma/255, sigma ``constant``, ``random`` in [low, high] (blind) or

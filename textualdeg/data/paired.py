@@ -1,7 +1,8 @@
 """Stage-4 paired datasets: LQ / HQ / guidance folders matched by file stem.
 
 ``PairedImageRefDataset`` replaces the authors' ``Dataset_PairedImageWithRef`` and
-``Dataset_PairedDehazeWithRef`` (method.md §4.2) and fixes their data defects:
+``Dataset_PairedDehazeWithRef`` and fixes their data defects (IDs as in
+docs/official_differences.md):
 
 - files are matched by stem, never by position or sorted order (D32, D45); every
   unmatched file is listed in one error. ``filename_tmpl`` maps a GT stem to its LQ stem

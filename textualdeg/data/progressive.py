@@ -1,12 +1,12 @@
 """Restormer-style progressive training: patch and batch sizes that change with the iteration.
 
-Restormer (and the authors' driver, method.md §4.1) train in stages: stage j lasts
-``iters[j]`` iterations with patches of ``gt_sizes[j]`` and ``batch_sizes[j]`` samples per
-process. The loader always yields the largest batch and patch; each iteration takes a
-random subset of the samples and one random window of the smaller size, the same window
-for the whole batch. Unlike the authors' driver, the guidance is subset with the LQ and
-GT (D20), and cropped with them when asked (``crop_ref``: the reference is the window
-aligned with the LQ crop, ``ref_crop: dino``).
+Restormer (and the authors' driver) train in stages: stage j lasts ``iters[j]``
+iterations with patches of ``gt_sizes[j]`` and ``batch_sizes[j]`` samples per process.
+The loader always yields the largest batch and patch; each iteration takes a random
+subset of the samples and one random window of the smaller size, the same window for the
+whole batch. Unlike the authors' driver, the guidance is subset with the LQ and GT (D20
+in docs/official_differences.md), and cropped with them when asked (``crop_ref``: the
+reference is the window aligned with the LQ crop, ``ref_crop: dino``).
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.

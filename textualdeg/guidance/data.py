@@ -11,7 +11,8 @@ Items are dicts of float RGB tensors in [0, 1] (CHW):
 * stage 2 also ``input`` (the LQ crop at ``resolution``, for validation pictures) and
   ``task``; every item has ``path`` (and stage 3 ``stem``).
 
-Crops follow what the authors meant (method.md §1.6, §2.3, §3.2, D8, D9 fixed): an image
+Crops follow what the authors meant (D8, D9 fixed; IDs as in
+docs/official_differences.md): an image
 whose short side is below ``crop_size`` gives its central square; otherwise a random
 ``crop_size`` window, with rows drawn from the height and columns from the width. Stage 2
 samples the task uniformly per item (D10 fixed); its pairs are matched by file stem, and

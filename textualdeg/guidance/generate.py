@@ -3,17 +3,26 @@
 ``generate(opt)`` reads an option file validated by ``schema.GENERATE_SCHEMA``: for every
 ``datasets.<key>`` it turns each image of ``dataroot_lq`` into ``dataroot_ref/<stem>.png``
 through CLIP -> I2T mapper -> TR mapper -> "a photo of a S" -> DDIM with classifier-free
-guidance against the empty prompt (``pipeline.GuidancePipeline``; method.md §3).
+guidance against the empty prompt (``pipeline.GuidancePipeline``).
 
 * **Reproducible per image.** Each image's initial noise comes from
-  ``seed_from_name(stem, generate.seed)``, so an image's result does not depend on the
-  batch size, the process count or which other images are in the folder. (The authors
-  re-seeded 42 for every image, D51, so all images started from the same noise.)
+  ``seed_from_name(stem, generate.seed)`` (the authors re-seeded 42 for every image, D51,
+  so all images started from the same noise). The matmul and convolution kernels sum in an
+  order that depends on the batch *shape* (measured on CPU: mapper, text encoder, UNet and
+  VAE decoder all change in the last float bits between a batch of 1 and of 4), but not on
+  a row's position or its companions. So every batch is padded to ``generate.batch_size``
+  (repeating its last image): for a given batch size the PNGs are bit-identical whatever
+  the process count, the resume point or the other images in the folder. Another batch
+  size changes float rounding only (on the tiny test models: at most one grey level on a
+  few pixels); ``manifest.json`` records the batch size and a run with another one warns.
 * **Resumable.** Outputs are written atomically and existing ones are skipped (unless
   ``generate.overwrite``), so a killed run picks up where it stopped.
-* **Sharded.** The pending images are split across processes with accelerate's
+* **Sharded.** The pending inputs are split across processes with accelerate's
   ``PartialState.split_between_processes`` (``accelerate launch``, ``torchrun`` or plain
   ``python``).
+* **Shared inputs.** Datasets may read the same ``dataroot_lq``: each input is generated
+  once and written into every dataset's ``dataroot_ref`` that still lacks it, and the
+  counts are logged per dataset. Two datasets writing the same output file are refused.
 * **Recorded.** ``dataroot_ref/manifest.json`` records the settings, the input folder and
   a fingerprint of every model file. Fingerprint = SHA-256 over the file size (8 bytes,
   little endian), its first MiB and its last MiB: cheap on multi-GB weights and it changes
@@ -34,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,17 +125,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def plan_jobs(opt: Options) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
+def plan_jobs(opt: Options) -> tuple[list[tuple[str, Path, Path]], dict[str, int]]:
     """Pair every input image with its output path and keep those still to generate.
 
     Returns:
-        The pending ``(input, output)`` pairs (sorted by output path) and, per dataset
-        key, how many outputs already existed and were skipped.
+        The pending ``(dataset key, input, output)`` jobs (sorted by output path) and, per
+        dataset key, how many outputs already existed and were skipped. Datasets sharing a
+        ``dataroot_lq`` each get their own jobs.
 
     Raises:
-        ValueError: two inputs of one folder share a stem (their outputs would collide).
+        ValueError: two inputs of one folder share a stem, or two datasets would write the
+            same output file (both named).
     """
-    jobs, skipped = [], {}
+    jobs, skipped, writers = [], {}, {}
     for key in opt.datasets:
         ds = opt.datasets[key]
         out_dir, seen, skipped[key] = Path(ds.dataroot_ref), {}, 0
@@ -137,11 +149,35 @@ def plan_jobs(opt: Options) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
                 )
             seen[path.stem] = path
             out = out_dir / f"{path.stem}.png"
+            other = writers.setdefault(out.resolve(), key)
+            if other != key:
+                raise ValueError(
+                    f"datasets.{other} and datasets.{key} would both write {out}; give each dataset its own "
+                    "dataroot_ref (datasets may share a dataroot_lq)"
+                )
             if out.exists() and not opt.generate.overwrite:
                 skipped[key] += 1
             else:
-                jobs.append((path, out))
-    return sorted(jobs, key=lambda job: str(job[1])), skipped
+                jobs.append((key, path, out))
+    return sorted(jobs, key=lambda job: str(job[2])), skipped
+
+
+def group_by_input(jobs: Sequence[tuple[Path, Path]]) -> list[tuple[Path, tuple[Path, ...]]]:
+    """Merge ``(input, output)`` jobs that read one file (datasets sharing a ``dataroot_lq``).
+
+    An input's guidance depends only on the file and the settings, so it is generated once
+    and written to all its outputs.
+
+    Args:
+        jobs: ``(input, output)`` pairs; an input may appear more than once.
+
+    Returns:
+        ``(input, outputs)`` pairs, sorted by input path, outputs in job order.
+    """
+    outputs: dict[Path, tuple[Path, list[Path]]] = {}
+    for src, out in jobs:
+        outputs.setdefault(Path(src).resolve(), (Path(src), []))[1].append(Path(out))
+    return [(src, tuple(outs)) for _, (src, outs) in sorted(outputs.items(), key=lambda item: str(item[0]))]
 
 
 def build_manifest(opt: Options, dtype: torch.dtype) -> dict[str, Any]:
@@ -191,8 +227,15 @@ def write_manifests(opt: Options, manifest: dict[str, Any]) -> None:
                     f"{path} records other settings or models than this run; its guidance images would mix two "
                     "configurations. Use another datasets.*.dataroot_ref, or --set generate.overwrite=true"
                 )
+            if old.get("batch_size", opt.generate.batch_size) != opt.generate.batch_size:
+                logger.warning(
+                    "%s records generate.batch_size=%s, this run uses %d: the images added now may differ from "
+                    "those already there by float rounding (not bit-identical)",
+                    path, old["batch_size"], opt.generate.batch_size,
+                )
         record = {
             **manifest,
+            "batch_size": opt.generate.batch_size,  # not a setting: it changes float rounding only
             "dataset": key,
             "dataroot_lq": str(ds.dataroot_lq),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -240,48 +283,114 @@ def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> Gui
     return GuidancePipeline(sd, image_encoder, i2t, tr, opt.generate.template, opt.generate.placeholder)
 
 
-@torch.no_grad()
-def run_jobs(pipeline: GuidancePipeline, jobs: Sequence[tuple[Path, Path]], opt: Options, show_progress: bool) -> int:
-    """Generate ``jobs`` in batches of ``generate.batch_size``; each output written atomically.
+def _pad_batch(images: torch.Tensor, seeds: list[int], size: int) -> tuple[torch.Tensor, list[int]]:
+    """Repeat the last image and seed up to ``size`` rows, so every model call has one shape.
+
+    Args:
+        images: (n, 3, S, S) CLIP inputs, n <= size.
+        seeds: n seeds.
+        size: the batch size to reach.
 
     Returns:
-        The number of images written.
+        (size, 3, S, S) images and ``size`` seeds; the first n rows are the inputs.
+    """
+    extra = size - len(seeds)
+    if extra <= 0:
+        return images, seeds
+    padding = images[-1:].expand(extra, *images.shape[1:])  # (extra, 3, S, S)
+    return torch.cat([images, padding]), seeds + [seeds[-1]] * extra
+
+
+@torch.no_grad()
+def write_guidance(
+    pipeline: GuidancePipeline,
+    units: Sequence[tuple[Path, Sequence[Path]]],
+    opt: Options,
+    show_progress: bool,
+    pad_batches: bool = True,
+) -> list[Path]:
+    """Generate each input of ``units`` once, in batches of ``generate.batch_size``, and write it to all its outputs.
+
+    Args:
+        pipeline: the loaded guidance pipeline.
+        units: ``(input, outputs)`` pairs (``group_by_input``).
+        opt: options validated by ``GENERATE_SCHEMA``.
+        show_progress: show a tqdm bar (local main process).
+        pad_batches: pad the last, short batch to ``generate.batch_size`` so that an
+            image's PNG does not depend on how many images were pending (see the module
+            docstring); False saves the padded rows' compute.
+
+    Returns:
+        The output files written (atomically), in order.
     """
     from tqdm.auto import tqdm
 
     g = opt.generate
-    outputs = {str(src): out for src, out in jobs}
-    dataset = GuidanceInputDataset([src for src, _ in jobs], clip_size=pipeline.image_encoder.config.image_size)
+    dataset = GuidanceInputDataset([src for src, _ in units], clip_size=pipeline.image_encoder.config.image_size)
     loader = DataLoader(dataset, batch_size=g.batch_size, shuffle=False, num_workers=0)
     progress = tqdm(total=len(dataset), desc="guidance", disable=not show_progress)
-    written = 0
+    written, start = [], 0
     for batch in loader:
+        count = len(batch["stem"])
         seeds = [seed_from_name(stem, g.seed) for stem in batch["stem"]]
+        clip_input = batch["clip_input"]
+        if pad_batches:
+            clip_input, seeds = _pad_batch(clip_input, seeds, g.batch_size)
         images = pipeline(
-            batch["clip_input"],
+            clip_input,
             seeds,
             num_inference_steps=g.steps,
             guidance_scale=g.guidance_scale,
             resolution=g.resolution,
             batched_cfg=g.batched_cfg,
         )
-        for image, src in zip(images, batch["path"]):
-            write_image(outputs[src], tensor_to_image(image))
-            written += 1
-        progress.update(len(seeds))
+        for image, (_, outs) in zip(images[:count], units[start : start + count]):
+            pixels = tensor_to_image(image)
+            for out in outs:
+                write_image(out, pixels)
+                written.append(Path(out))
+        start += count
+        progress.update(count)
     progress.close()
     return written
 
 
-def generate(opt: Options) -> dict[str, int]:
+def run_jobs(
+    pipeline: GuidancePipeline,
+    jobs: Sequence[tuple[Path, Path]],
+    opt: Options,
+    show_progress: bool,
+    pad_batches: bool = False,
+) -> int:
+    """Generate ``(input, output)`` jobs (``write_guidance`` after ``group_by_input``).
+
+    Args:
+        pipeline, opt, show_progress: as ``write_guidance``.
+        jobs: ``(input, output)`` pairs.
+        pad_batches: as ``write_guidance``, but False by default: a caller with a few
+            images (``textualdeg restore``) would otherwise pay for a full batch.
+
+    Returns:
+        The number of images written.
+    """
+    return len(write_guidance(pipeline, group_by_input(jobs), opt, show_progress, pad_batches))
+
+
+def _per_dataset(counts: Counter, keys: Sequence[str]) -> str:
+    """``"a: 3, b: 0"`` in dataset order."""
+    return ", ".join(f"{key}: {counts[key]}" for key in keys)
+
+
+def generate(opt: Options) -> dict[str, Any]:
     """Generate the guidance images of every ``datasets.<key>`` (see the module docstring).
 
     Args:
         opt: options validated by ``GENERATE_SCHEMA``.
 
     Returns:
-        Counts over all processes' shares as seen by this process: ``pending`` (to generate
-        at start), ``skipped`` (already there) and ``written`` (by this process).
+        Counts over all processes' shares as seen by this process: ``pending`` (outputs
+        to write at start), ``skipped`` (already there) and ``written`` (by this process),
+        and the same three per dataset key under ``datasets``.
     """
     from accelerate import PartialState
 
@@ -294,24 +403,38 @@ def generate(opt: Options) -> dict[str, int]:
     check_mapper_paths(opt)
     dtype = resolve_dtype(g.dtype, state.device)
     jobs, skipped = plan_jobs(opt)
+    keys = list(opt.datasets)
+    pending = Counter(key for key, _, _ in jobs)
+    units = group_by_input([(src, out) for _, src, out in jobs])
     state.wait_for_everyone()  # every rank has listed the folders before anything is written
     if state.is_main_process:
         write_manifests(opt, build_manifest(opt, dtype))
+        for key in keys:
+            logger.info(
+                "guidance: datasets.%s: %d images to generate, %d already there (skipped) -> %s",
+                key, pending[key], skipped[key], opt.datasets[key].dataroot_ref,
+            )
         logger.info(
-            "guidance: %d images to generate, %d already there (skipped), %d process(es)",
-            len(jobs), sum(skipped.values()), state.num_processes,
+            "guidance: %d images to write from %d inputs, %d already there (skipped), %d process(es)",
+            len(jobs), len(units), sum(skipped.values()), state.num_processes,
         )
-    written = 0
-    if jobs:
+    dataset_of = {out.resolve(): key for key, _, out in jobs}
+    written = []
+    if units:
         pipeline = load_pipeline(opt, state.device, dtype)
-        with state.split_between_processes(jobs) as share:
-            written = run_jobs(pipeline, share, opt, show_progress=state.is_local_main_process)
+        with state.split_between_processes(units) as share:
+            written = write_guidance(pipeline, share, opt, show_progress=state.is_local_main_process)
     state.wait_for_everyone()
-    logger.info("guidance: wrote %d images on process %d", written, state.process_index)
-    return {"pending": len(jobs), "skipped": sum(skipped.values()), "written": written}
+    written_per = Counter(dataset_of[out.resolve()] for out in written)
+    logger.info(
+        "guidance: wrote %d images on process %d (%s)",
+        len(written), state.process_index, _per_dataset(written_per, keys),
+    )
+    per_dataset = {key: {"pending": pending[key], "skipped": skipped[key], "written": written_per[key]} for key in keys}
+    return {"pending": len(jobs), "skipped": sum(skipped.values()), "written": len(written), "datasets": per_dataset}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``scripts/generate/generate_reference.py -opt FILE [--set k=v ...]``."""
     return generate(parse_options(argv, GENERATE_SCHEMA, "Generate guidance images (stage 3)."))
 
@@ -321,11 +444,13 @@ __all__ = [
     "build_manifest",
     "fingerprint",
     "generate",
+    "group_by_input",
     "load_pipeline",
     "main",
     "model_fingerprints",
     "plan_jobs",
     "resolve_dtype",
     "run_jobs",
+    "write_guidance",
     "write_manifests",
 ]

@@ -5,9 +5,10 @@ word embeddings from the mappers, the rest of the prompt shifts right by K - 1 a
 sequence is cut at the tokenizer length (77). The spliced embeddings then go through the
 text encoder's ``embeddings`` (adding position embeddings), ``encoder`` (with the causal
 mask) and ``final_layer_norm``: the same computation as ``text_encoder(input_ids)`` with
-no class patched (the authors replaced ``CLIPTextTransformer.__call__``; method.md §1.3).
-The pooled output is taken at the *shifted* end token (the authors took it at the
-unshifted one, D52; SD does not use it).
+no class patched (the authors replaced ``CLIPTextTransformer.__call__``, D5). The pooled
+output is taken at the *shifted* end token (the authors took it at the unshifted one,
+D52; SD does not use it). IDs as in docs/official_differences.md; the transformers 5
+details are in docs/ecosystem_notes.md.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.

@@ -3,7 +3,7 @@
 ``ImageToTextMapper`` turns CLIP image tokens into ``num_words`` pseudo-word embeddings
 for the text encoder; ``TextRestorationMapper`` maps those words to "clean" words. Both
 keep the authors' module names (``mapping_{i}``, ``mapping_patch_{i}``, 10-layer
-``nn.Sequential``s), so their ``torch.save`` files load by key (method.md §1.2, §2.1).
+``nn.Sequential``s), so their ``torch.save`` files load by key.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334. The MLP layout comes from

@@ -9,14 +9,15 @@ Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 
 The image features the mappers consume are CLIP's ``last_hidden_state``: (B, 1 + P, W)
-tokens (CLS first), after ``pre_layrnorm`` and the encoder, *without* ``post_layernorm``
-(method.md §1.1). For ViT-H/14 at 224 px that is (B, 257, 1280).
+tokens (CLS first), after ``pre_layrnorm`` and the encoder, *without* ``post_layernorm``,
+as in the authors' code. For ViT-H/14 at 224 px that is (B, 257, 1280).
 
 The open_clip conversion maps ``visual.*`` keys of an open_clip checkpoint onto
-transformers' ``CLIPVisionModel`` (ecosystem.md §7): conv1 -> embeddings.patch_embedding,
-class_embedding, positional_embedding, ln_pre -> pre_layrnorm, per block ln_1/ln_2 ->
-layer_norm1/2, attn.in_proj (q, k, v stacked) -> q/k/v_proj, attn.out_proj -> out_proj,
-mlp.c_fc/c_proj -> mlp.fc1/fc2, ln_post -> post_layernorm.
+transformers' ``CLIPVisionModel`` (docs/ecosystem_notes.md, section 6): conv1 ->
+embeddings.patch_embedding, class_embedding, positional_embedding, ln_pre ->
+pre_layrnorm, per block ln_1/ln_2 -> layer_norm1/2, attn.in_proj (q, k, v stacked) ->
+q/k/v_proj, attn.out_proj -> out_proj, mlp.c_fc/c_proj -> mlp.fc1/fc2, ln_post ->
+post_layernorm.
 """
 
 from __future__ import annotations

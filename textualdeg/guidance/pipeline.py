@@ -1,11 +1,12 @@
 """Guidance-image generation: LQ image -> CLIP -> I2T -> TR -> injected prompt -> DDIM + CFG.
 
-``GuidancePipeline`` is the stage-3 core (method.md §3): the image's CLIP tokens become
+``GuidancePipeline`` is the stage-3 core: the image's CLIP tokens become
 word embeddings (I2T mapper, then optionally the TR mapper), injected into
 "a photo of a S"; DDIM sampling with classifier-free guidance against the empty prompt
 runs the conditional and unconditional passes in one batched UNet call per step. Each
 image draws its initial noise from its own ``torch.Generator`` (seed from its file name
-via :func:`seed_from_name`), so an image's result does not depend on the batch it is in.
+via :func:`seed_from_name`), so its starting noise does not depend on the batch it is in
+(its result does only up to float rounding: the kernels sum in a batch-shape-dependent order).
 It also holds the VAE helpers the training loops share (:func:`encode_latents`,
 :func:`decode_latents`).
 

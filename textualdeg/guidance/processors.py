@@ -2,9 +2,10 @@
 
 The I2T stage adds to every cross-attention (``attn2``) layer of the UNet a copy of its
 ``to_k``/``to_v`` projections, trained with the mapper and then used for *all* cross-
-attention, conditional and unconditional alike (method.md §1.4). The authors did this
-by patching ``Attention.__call__`` on the class; here it is a diffusers attention
-processor installed on ``attn2`` layers only, so self-attention and the VAE are untouched.
+attention, conditional and unconditional alike. The authors did this by patching
+``Attention.__call__`` on the class (D5 in docs/official_differences.md); here it is a
+diffusers attention processor installed on ``attn2`` layers only, so self-attention and
+the VAE are untouched.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.

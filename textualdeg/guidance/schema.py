@@ -8,13 +8,15 @@ training-script vocabulary otherwise (``max_train_steps``, ``gradient_accumulati
 ``scale_lr``, ``lr_scheduler``, ``checkpointing_steps``...), since that is what the
 authors' mapping scripts (adapted from ELITE) take on their command line.
 
-The defaults are the authors' hyperparameters (method.md §1.5, §3.3; the README command
-for the values it passes): AdamW (0.9, 0.999), weight decay 1e-2, eps 1e-8, lr 1e-6
-scaled by accumulation x batch x processes (6.4e-5 at 4 x 4 x 4), constant schedule
-without warm-up, clip 1.0, 200k steps, batch 4, accumulation 4, 512 px, 20 words,
-"a photo of a S"; validation and generation with DDIM 100 steps and CFG 5.0, seed 42.
+The defaults are the authors' hyperparameters (their training and generation scripts;
+the README command for the values it passes): AdamW (0.9, 0.999), weight decay 1e-2,
+eps 1e-8, lr 1e-6 scaled by accumulation x batch x processes (6.4e-5 at 4 x 4 x 4),
+constant schedule without warm-up, clip 1.0, 200k steps, batch 4, accumulation 4,
+512 px, 20 words, "a photo of a S"; validation and generation with DDIM 100 steps and
+CFG 5.0, seed 42.
 Unlike the authors' scripts, ``scale_lr`` can be turned off (D2), lists are YAML lists
-(D1), every path comes from ``path:`` (D6, D13), and ``num_words`` is honoured (D15).
+(D1), every path comes from ``path:`` (D6, D13), and ``num_words`` is honoured (D15; IDs
+as in docs/official_differences.md).
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -106,7 +108,7 @@ I2T_DATASET = Section(
     {
         "type": Field(str, "CleanImageDataset", choices=("CleanImageDataset",), help="stage-1 dataset"),
         "dataroot_gt": Field(
-            (str, ListOf(str)), path=True, help="folder or list of folders of images (HQ and degraded mixed, §1.6)"
+            (str, ListOf(str)), path=True, help="folder or list of folders of images (HQ and degraded mixed)"
         ),
         **_LOADER_FIELDS,
     },
@@ -217,7 +219,7 @@ GENERATE_SCHEMA = Section(
                 "seed": Field(int, 42, help="run seed mixed with each file stem into that image's seed"),
                 "resolution": Field(int, 512, help="output side in pixels (authors: 512)"),
                 "dtype": Field(str, "float16", choices=DTYPES, help="model dtype (authors: fp16; CPU runs use float32)"),
-                "batch_size": Field(int, 4, help="images per batch per process (results do not depend on it)"),
+                "batch_size": Field(int, 4, help="images per batch per process (bit-identical results for a given batch size; another changes float rounding only)"),
                 "batched_cfg": Field(bool, True, help="both guidance branches in one UNet call per step"),
                 "overwrite": Field(bool, False, help="regenerate existing outputs (default: skip them, so runs resume)"),
                 "use_tr_mapper": Field(

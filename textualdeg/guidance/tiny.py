@@ -21,7 +21,8 @@ in Textual Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 
 Tokenizer padding: the real SD 2.1-base tokenizer pads with ``'!'`` (id 0, like
 open_clip's zero padding), so ours does too; the known quirk that a literal ``'!'`` in a
-prompt also becomes id 0 is therefore the same as with the real folder (ecosystem.md §2).
+prompt also becomes id 0 is therefore the same as with the real folder
+(docs/ecosystem_notes.md, section 2).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def write_clip_tokenizer(folder: str | Path, *, pad_token: str = SD21_PAD_TOKEN)
     """Write the real CLIP BPE tokenizer (as in SD 2.1's ``tokenizer/``) from open_clip's vocabulary.
 
     Files: ``vocab.json``, ``merges.txt``, ``special_tokens_map.json``, ``tokenizer_config.json``.
-    The conversion follows ecosystem.md §2: 48894 merges, 49408 vocabulary entries.
+    The conversion is described in docs/ecosystem_notes.md, section 2: 48894 merges,
+    49408 vocabulary entries.
 
     Args:
         folder: output folder (created).

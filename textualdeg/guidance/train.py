@@ -2,7 +2,7 @@
 
 ``train_mapper(opt, stage)`` runs one stage from an option file validated by
 ``schema.I2T_SCHEMA`` or ``schema.TR_SCHEMA``, in the order of diffusers' training
-scripts (STYLE.md §1, §2.6): Accelerator with ``ProjectConfiguration`` -> logging -> seed
+scripts: Accelerator with ``ProjectConfiguration`` -> logging -> seed
 -> frozen models from their folders -> ``requires_grad_(False)`` -> trainable parts
 (``build_training_model``) -> AdamW over the trainable parameters only -> lr schedule ->
 data -> ``accelerator.prepare`` -> frozen parts cast to the mixed-precision dtype -> one
@@ -18,7 +18,7 @@ count gated on ``accelerator.sync_gradients``) -> final weights on the main proc
   degraded crop; the diffusion target is the clean one.
 
 Loss: epsilon-prediction MSE of the SD UNet on the noised VAE latent of the target, t
-uniform in [0, 1000), no CFG dropout (method.md §1.5). Learning rate: ``learning_rate``
+uniform in [0, 1000), no CFG dropout (as the authors' stage-1 script). Learning rate: ``learning_rate``
 times accumulation x batch per process x processes when ``scale_lr`` (the authors' rule,
 now optional, D2). The schedule counts optimizer steps (warm-up ``lr_warmup_steps``), which
 equals the authors' per-micro-batch stepping with warm-up x accumulation.
@@ -110,7 +110,7 @@ def build_accelerator(opt: Options, exp_dir: Path) -> Any:
     """An ``Accelerator`` with gradient accumulation, mixed precision and TensorBoard in ``exp_dir/logs``.
 
     Multi-process runs without a GPU use gloo on the CPU (accelerate would otherwise run
-    each process alone; ecosystem.md §6). The scheduler is stepped by the loop once per
+    each process alone; docs/ecosystem_notes.md). The scheduler is stepped by the loop once per
     optimizer step (``step_scheduler_with_optimizer=False``), whatever the process count.
     """
     from accelerate import Accelerator
@@ -377,7 +377,7 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
 
 
 def training_step(model: nn.Module, frozen: FrozenModels, batch: dict, generator: torch.Generator) -> torch.Tensor:
-    """The epsilon-prediction loss of one micro-batch (method.md §1.5).
+    """The epsilon-prediction loss of one micro-batch.
 
     Args:
         model: the (prepared) :class:`MapperTrainingModel`.
@@ -521,12 +521,13 @@ def train_mapper(opt: Options, stage: str) -> Path:
     weight_dtype = _WEIGHT_DTYPES[accelerator.mixed_precision]
     cast_frozen(accelerator.unwrap_model(model), accelerator.device, weight_dtype)
     position = DataPosition()
-    accelerator.register_for_checkpointing(position)
     if accelerator.is_main_process:
         accelerator.init_trackers(f"{stage}_mapping")
     _log_running_block(opt, accelerator, dataset, loader, model, lr)
 
-    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.train.checkpoints_total_limit)
+    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.train.checkpoints_total_limit,
+                                     weights_dir=exp_dir / "checkpoints", weight_prefixes=(_WEIGHTS_NAME[stage],))
+    checkpointer.register("position", position)
     step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
     try:
         step = _run_loop(opt, stage, accelerator, model, optimizer, lr_scheduler, loader, dataset, position,

@@ -151,7 +151,8 @@ PRESETS: dict[str, Protocol] = {
     # PromptIR / AirNet / TextPromptIR: float outputs clamped to [0, 1], skimage defaults.
     "promptir_skimage": Protocol(channels="rgb", y_rounding="float", ssim_variant="skimage", quantize="float"),
 }
-# The protocol TextualDegRemoval's own evaluation scripts use (method.md section 5).
+# The protocol TextualDegRemoval's own evaluation scripts use (scripts/eval/main_evaluation_*.py:
+# RGB, no border crop, 3-D Gaussian SSIM on uint8 images; docs/official_differences.md, D45, D47).
 PRESETS["textualdeg"] = PRESETS["nafnet_gaussian3d"]
 
 

@@ -6,8 +6,9 @@ input's. ``RefGuidedImageCleanModel.optimize_parameters`` therefore cuts candida
 windows out of the reference, embeds the LQ patch and each candidate with a frozen
 DINOv2 ViT-B/14 (layer-normed patch tokens, the vendored ``forward`` returning
 ``head(x_norm_patchtokens)``), and keeps the candidate whose flattened token map has the
-highest cosine similarity with the LQ's (method.md §4.3). This module holds that
-selection, vectorised over the batch and the candidates, with the authors' defects fixed:
+highest cosine similarity with the LQ's. This module holds that selection, vectorised
+over the batch and the candidates, with the authors' defects fixed (D24 in
+docs/official_differences.md):
 
 - candidate offsets take stride ``window // 4`` as the authors do, **plus the last
   offset** of each axis, so the right and bottom borders of the reference can be chosen

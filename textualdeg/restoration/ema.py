@@ -4,8 +4,8 @@
 (BasicSR's ``model_ema``), applied to floating-point parameters; buffers are copied.
 The EMA network is a separate module (a deep copy of the unwrapped network), so its
 ``state_dict()`` has exactly the network's keys and saves as ``net_g_ema`` weights.
-``ModelEMA`` has ``state_dict``/``load_state_dict``, so it can be registered with
-``accelerator.register_for_checkpointing`` and resumes exactly.
+``ModelEMA`` has ``state_dict``/``load_state_dict``, so it is registered with
+``StateCheckpointer.register`` (saved as safetensors, never pickled) and resumes exactly.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.

@@ -2,7 +2,7 @@
 
 The option files name a loss in ``train.pixel_opt`` (``type: L1Loss``,
 ``loss_weight: 1``, ``reduction: mean``), BasicSR's vocabulary. These are the four
-losses the authors' code defines (method.md §4.7): ``L1Loss``, ``MSELoss``,
+losses the authors' code defines (``losses/losses.py``): ``L1Loss``, ``MSELoss``,
 ``PSNRLoss`` and ``CharbonnierLoss``. All take predictions and targets as float
 tensors of shape (B, C, H, W) in [0, 1] and return a scalar (or an unreduced
 tensor with ``reduction="none"``).

@@ -15,8 +15,9 @@ parameter group from that group's base lr, so ``state_dict()``/``load_state_dict
 a linear warm-up that multiplies the schedule by ``(t + 1) / warmup_iter`` for the first
 ``warmup_iter`` steps (BasicSR's ``update_learning_rate`` warm-up; ``-1`` or ``0`` = none).
 
-Floors (method.md D41): the authors' files give ``eta_mins: [3e-4, 1e-6]`` with base
-lrs 2e-4 and 1e-4, so their lr *rises* for 306k iterations. Here each floor is capped
+Floors (D41 in docs/official_differences.md): the authors' files give
+``eta_mins: [3e-4, 1e-6]`` with base lrs 2e-4 and 1e-4, so their lr *rises* for 306k
+iterations. Here each floor is capped
 at its group's base lr (one warning says so), which gives the Restormer intent the
 numbers were copied from: hold the base lr for the first period, then decay to 1e-6.
 
@@ -131,7 +132,7 @@ class CosineAnnealingRestartCyclicLR(_ClosedFormLR):
         if capped:
             logger.warning(
                 "scheduler eta_mins %s exceed the base lr of some parameter groups (%s); those floors are "
-                "capped at the group's base lr, so the lr never rises above it (method.md D41)",
+                "capped at the group's base lr, so the lr never rises above it (D41 in docs/official_differences.md)",
                 list(self.eta_mins),
                 sorted({base for _, base, _ in capped}),
             )

@@ -1,11 +1,11 @@
 """Option schema for guided restoration training (stage 4).
 
 Declares every key of ``options/train_restoration/*.yml`` with its type, default and a
-one-line meaning, in BasicSR's vocabulary (STYLE.md §2.7). ``load_options(path,
+one-line meaning, in BasicSR's vocabulary. ``load_options(path,
 RESTORATION_SCHEMA)`` rejects unknown keys (naming the nearest known one), coerces
 numbers (``2e-4`` needs no ``!!float``) and fills defaults.
 
-Compatibility with the authors' option files:
+Compatibility with the authors' option files (IDs as in docs/official_differences.md):
 
 - ``lqroot`` / ``hqroot`` / ``refroot`` are read as ``dataroot_lq`` / ``dataroot_gt`` /
   ``dataroot_ref`` (deprecation warning);
@@ -191,7 +191,8 @@ LOGGER_SCHEMA = Section(
     {
         "print_freq": Field(int, 100, help="log the loss and lr every this many steps"),
         "save_checkpoint_freq": Field(int, 5000, help="save weights and the full state every this many steps"),
-        "keep_last_states": Field(int, 3, help="how many full training states to keep"),
+        "keep_last_states": Field(int, 3, help="how many full training states (and per-step "
+                                               "checkpoints/net_g_<step> files) to keep"),
         "use_tb_logger": Field(bool, True, help="TensorBoard scalars under experiments/<name>/logs/"),
         "wandb": Section(
             {"project": Field(str, None, help="wandb project (needs wandb installed)"),

@@ -1,8 +1,8 @@
 """Guided restoration training (stage 4): ``train(opt)``, built on accelerate.
 
 Reads the options of ``options/train_restoration/*.yml`` (schema:
-``textualdeg.restoration.schema.RESTORATION_SCHEMA``) and runs in the diffusers order
-(STYLE.md §1, §2.6): Accelerator with ``ProjectConfiguration`` -> logging -> seed ->
+``textualdeg.restoration.schema.RESTORATION_SCHEMA``) and runs in the diffusers order:
+Accelerator with ``ProjectConfiguration`` -> logging -> seed ->
 network (``build_model``) -> optimizer with its own lr for the ``masa_*`` reference/fusion
 parameters (``build_optimizer``) -> lr schedule (``build_scheduler``) -> data
 (``build_train_loader``) -> ``accelerator.prepare`` -> "Running training" block ->
@@ -12,7 +12,8 @@ resume from the newest complete state -> the step loop (``training_step``), with
 Every run lives in ``experiments/<name>/`` (or ``path.experiments_root``)::
 
     options.yml        the resolved options
-    checkpoints/       net_g_<step>.safetensors, net_g_ema_<step>.safetensors, *_latest
+    checkpoints/       net_g_<step>.safetensors, net_g_ema_<step>.safetensors (rotated with the
+                       states: the last logger.keep_last_states steps), *_latest
     state/             full resumable states (textualdeg.checkpoint.StateCheckpointer)
     logs/              train.log, val_metrics.jsonl and TensorBoard (train/loss, train/lr,
                        val/psnr/<dataset>)
@@ -23,7 +24,7 @@ data position) goes through ``accelerator.save_state``; training-sample randomne
 function of (``manual_seed``, epoch, sample index) only, so a resumed run, or a run on
 another number of processes with the same global batch, sees the same samples.
 
-Differences from the authors' driver (method.md §4.1, §4.3, D18-D27): any launcher
+Differences from the authors' driver (D18-D27 in docs/official_differences.md): any launcher
 (``accelerate launch``, ``torchrun``, ``python``); ``param_fix_iterations`` is read and
 freezes ``param_fix_group`` for that many steps (the backbone, so that only the ``masa_*``
 parameters train, or the ``masa_*`` parameters, the authors' intent) by dropping their
@@ -575,13 +576,16 @@ def train(opt: Options) -> Path:
     criterion.to(accelerator.device)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
     position = DataPosition()
-    accelerator.register_for_checkpointing(position)
     accelerator.init_trackers(opt.name)
     _log_running_block(opt, accelerator, train_set, loader, model, optimizer)
 
-    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.logger.keep_last_states)
+    # net_g_<step> / net_g_ema_<step> weight files are rotated with the states (keep_last_states)
+    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.logger.keep_last_states,
+                                     weights_dir=exp_dir / "checkpoints", weight_prefixes=("net_g", "net_g_ema"))
+    checkpointer.register("position", position)
+    if ema is not None:
+        checkpointer.register("ema", ema)
     step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
     try:
         _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, ema, position,

@@ -12,7 +12,7 @@ from keylists import build_on_meta, model_keys, read_keys
 from textualdeg.restoration.archs import GuidedPromptIR, PromptIR
 from tiny_configs import GUIDED_PROMPTIR_TINY, PROMPTIR_TINY
 
-# PARAMS.md: tensors the official PromptIR forward never uses
+# tensors the official PromptIR forward never uses (see the promptir.py module docstring)
 DEAD = ("chnl_reduce1", "chnl_reduce2", "chnl_reduce3", "reduce_noise_channel_1", "reduce_noise_channel_2",
         "reduce_noise_channel_3")
 

@@ -43,7 +43,7 @@ def test_official_key_layout_and_parameter_count(name, cls, cfg, n_params) -> No
     expected, total = read_keys(name)
     model = build_on_meta(cls, **cfg)
     assert model_keys(model) == expected
-    assert total == n_params  # PARAMS.md
+    assert total == n_params  # the count in the keys.tsv header
     assert sum(p.numel() for p in model.parameters()) == n_params
 
 

@@ -31,7 +31,7 @@ def test_official_key_layout_and_parameter_count() -> None:
     expected, total = read_keys("promptir_default")
     model = build_on_meta(PromptIR)  # decoder=True by default
     assert model_keys(model) == expected
-    assert total == 35_592_263  # PARAMS.md
+    assert total == 35_592_263  # the count in the keys.tsv header
     assert sum(p.numel() for p in model.parameters()) == 35_592_263
     assert DEAD <= set(model.state_dict())
 

@@ -21,7 +21,7 @@ def test_official_key_layout_and_parameter_count() -> None:
     expected, total = read_keys("restormer_default")
     model = build_on_meta(Restormer)
     assert model_keys(model) == expected
-    assert total == 26_126_644  # PARAMS.md
+    assert total == 26_126_644  # the count in the keys.tsv header
     assert sum(p.numel() for p in model.parameters()) == 26_126_644
 
 

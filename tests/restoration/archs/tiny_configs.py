@@ -22,7 +22,7 @@ TINY_CONFIGS: dict[str, dict] = {
     "PromptIR": PROMPTIR_TINY,
 }
 
-# Guided archs (GUIDED engineer): the backbone's tiny config plus a small reference branch.
+# Guided archs: the backbone's tiny config plus a small reference branch.
 # lr_block_size=4 keeps pad_multiple small (2**levels * 4); dilations must fit a 4-block.
 _REFERENCE_TINY = dict(ext_n_blocks=(1,), lr_block_size=4, dilations=(1, 2))
 GUIDED_NAFNET_TINY = dict(NAFNET_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1), reffusion_n_blocks_middle=1)

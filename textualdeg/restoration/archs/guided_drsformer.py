@@ -23,7 +23,8 @@ the full model, right after ``patch_embed`` in the Rain200L/SPA one), ``encoder_
 ``encoder_level3`` and ``latent``, at widths 2*dim * (1, 2, 4, 8) with ``heads``.
 
 This is the 4-level model the method intends. The authors' forward indexes a fifth encoder
-level that their 4-level encoder does not build (their D33) and cannot run; here the search
+level that their 4-level encoder does not build (their D33, see
+docs/official_differences.md) and cannot run; here the search
 runs on level 4 (1/8, ``8 * dim`` channels). The reference path is ``reference_mode``:
 ``masa`` (the authors' matching and transfer) or ``refined`` (ours,
 ``docs/reference_path.md``).

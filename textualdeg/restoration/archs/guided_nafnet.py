@@ -1,18 +1,20 @@
 """GuidedNAFNet: NAFNet with coarse-to-fine reference fusion (the authors' NAFNetRefFusion).
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
-Representations" (Lin et al., CVPR 2024), arXiv:2312.17334, §4.5 of
-shared/spec/method.md: the motion-deblurring model of option file 002.
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334: the motion-deblurring model
+of the authors' option file 002.
 
 Layout origin: ``mrluin/TextualDegRemoval@e755c39 models/archs/network_nafnet_guided_arch.py``
 (``NAFNetRefFusion``; no license file upstream). Re-implemented on top of our ``NAFNet``:
 the backbone attributes are NAFNet's, untouched, and the reference branch is added under
 ``masa_*`` names (``masa_enc``, ``masa_blk_enc``, ``masa_blk_middle``), so the state_dict
 is the official backbone's plus the authors' ``masa_*`` entries
-(shared/reference/textualdeg_nafnet_reffusion_gopro.keys.tsv) and both the authors'
+(``tests/restoration/archs/reference/textualdeg_nafnet_reffusion_gopro.keys.tsv``) and
+both the authors'
 checkpoints and plain NAFNet checkpoints (``strict=False``) load.
 
-Fixed relative to the authors' code: the middle fusion stack is sized by
+Fixed relative to the authors' code (IDs as in docs/official_differences.md): the
+middle fusion stack is sized by
 ``reffusion_n_blocks_middle`` (their D34/D56), non-square input/reference pairs work (D54),
 search windows stay inside small references (D55), and ``forward`` needs no ref-less call
 path (D37).

@@ -1,15 +1,16 @@
 """GuidedPromptIR: PromptIR with coarse-to-fine reference fusion at its four levels.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
-Representations" (Lin et al., CVPR 2024), arXiv:2312.17334, §4.5 of
-shared/spec/method.md (the authors' ``PromptIRRefFusion``, option file 001, all-in-one).
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334 (the authors'
+``PromptIRRefFusion``, option file 001, all-in-one).
 
 Layout origin: ``mrluin/TextualDegRemoval@e755c39 models/archs/network_promptir_guided_arch.py``
 (no license file upstream). Re-implemented on top of our ``PromptIR``, whose attributes
 stay untouched; the reference branch is Restormer's (``masa_enc``,
 ``masa_blk_enc_level1..4``, see ``guided_restormer.py``). It is the 4-level model the
 method intends (their forward indexes a missing fifth level, D33), with the prompt
-decoder on by default (their option file's ``decoder: False`` cannot run, D35).
+decoder on by default (their option file's ``decoder: False`` cannot run, D35; IDs as
+in docs/official_differences.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """GuidedRestormer: Restormer with coarse-to-fine reference fusion at its four levels.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
-Representations" (Lin et al., CVPR 2024), arXiv:2312.17334, §4.5 of
-shared/spec/method.md (the authors' ``RestormerRefFusion``, option files 003, 004_x,
-011-019).
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334 (the authors'
+``RestormerRefFusion``, option files 003, 004_x, 011-019).
 
 Layout origin: ``mrluin/TextualDegRemoval@e755c39 models/archs/network_restormer_guided_arch.py``
 (no license file upstream). Re-implemented on top of our ``Restormer``, whose attributes
@@ -12,7 +11,8 @@ stay untouched; the reference branch is added as ``masa_enc`` (a 4-level encoder
 names, so their checkpoints and official Restormer checkpoints (``strict=False``) load.
 
 This is the 4-level model the method intends. The authors' forward indexes a fifth
-encoder level that their 4-level encoder does not build (their D33) and cannot run; here
+encoder level that their 4-level encoder does not build (their D33, see
+docs/official_differences.md) and cannot run; here
 the search runs on level 4 (1/8, ``8 * dim`` channels) and levels 1-4 are fused before
 ``encoder_level1``, ``encoder_level2``, ``encoder_level3`` and ``latent``. In dual-pixel
 mode their encoder expected 6-channel references (D38); here the reference has

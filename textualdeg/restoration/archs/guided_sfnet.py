@@ -12,7 +12,8 @@ of our ``SFNet``, whose attributes stay untouched (official SFNet checkpoints lo
 under the authors' names: ``masa_enc`` (a 3-level reference encoder, widths ``nf``,
 ``2 nf``, ``4 nf``) and ``masa_blk_enc_level1..3`` (one :class:`EBlockResFusion` each).
 
-The authors' model builds but cannot run (their defect D36), so no checkpoint of it
+The authors' model builds but cannot run (their defect D36, whose seven parts are listed
+in docs/official_differences.md and below), so no checkpoint of it
 exists; this is the model it describes, whose state_dict is
 ``tests/restoration/archs/reference/textualdeg_sfnet_reffusion_intended.keys.tsv`` (the
 authors' names and shapes, except ``masa_enc.conv_L2``/``conv_L3``, whose widths are

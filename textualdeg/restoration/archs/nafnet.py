@@ -10,7 +10,8 @@ Ported from megvii-research/NAFNet@2b4af71 ``basicsr/models/archs/NAFNet_arch.py
 ``local_arch.py`` (MIT license): same constructor arguments, attribute names
 (``intro``, ``encoders``, ``downs``, ``middle_blks``, ``ups``, ``decoders``, ``ending``) and
 registration order, so the state_dict equals the official one key for key (see
-``shared/reference/nafnet_*.keys.tsv``) and official checkpoints load with ``strict=True``.
+``tests/restoration/archs/reference/nafnet_*.keys.tsv``) and official checkpoints load
+with ``strict=True``.
 
 Hook points for subclasses (the guided models):
 - ``forward(x)`` only checks the input, pads it (``_pad``, zeros on the right/bottom to a

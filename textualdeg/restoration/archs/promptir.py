@@ -7,14 +7,16 @@ NeurIPS 2023, arXiv:2306.13090) as its all-in-one backbone.
 
 Ported from va1shn9v/PromptIR@106159a ``net/model.py`` (MIT license) with
 ``decoder=True``, the layout of every official checkpoint: same attribute names and
-registration order, so the state_dict equals ``shared/reference/promptir_default.keys.tsv``
+registration order, so the state_dict equals
+``tests/restoration/archs/reference/promptir_default.keys.tsv``
 and official checkpoints load with ``strict=True``. That includes six tensors the official
 forward never uses (``chnl_reduce1..3.weight``, ``reduce_noise_channel_1..3.weight``); they
 are kept, dead and frozen (``requires_grad=False``), only so those checkpoints load.
 
 Differences from the official file:
 - ``decoder`` defaults to True. The official default (False) builds ``up4_3`` for 4*dim
-  channels while the latent has 8*dim, so it cannot run (spec D35). Here ``decoder=False``
+  channels while the latent has 8*dim, so it cannot run (D35 in
+  docs/official_differences.md). Here ``decoder=False``
   builds a working prompt-free variant (Restormer's decoder path, no prompt or
   ``noise_level*`` modules); no official checkpoint exists for it.
 - The official hard-codes the prompt widths for dim=48 (64, 128, 320) and the channel counts

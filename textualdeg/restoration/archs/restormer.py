@@ -7,7 +7,8 @@ CVPR 2022, arXiv:2111.09881) as a backbone.
 
 Ported from swz30/Restormer@df766d5 ``basicsr/models/archs/restormer_arch.py`` (Restormer
 license, academic research use): same constructor arguments and attribute names, so the
-state_dict equals ``shared/reference/restormer_default.keys.tsv`` and official checkpoints
+state_dict equals ``tests/restoration/archs/reference/restormer_default.keys.tsv`` and
+official checkpoints
 load with ``strict=True``. The blocks live in ``layers.py``.
 
 The official network needs H and W divisible by 8 (three PixelUnshuffle(2)); its test

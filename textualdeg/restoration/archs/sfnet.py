@@ -28,8 +28,9 @@ Differences from the official code, none of which changes a weight name or an ou
 the official test path:
 
 - ``mode`` is checked: a plain string such as ``'train'`` (the authors' option files,
-  their defect D36(f)) made ``mode[0] == 't'``, so no pool was ever built and the first
-  forward raised AttributeError; here it raises ValueError saying to pass a list.
+  their defect D36(f) in docs/official_differences.md) made ``mode[0] == 't'``, so no
+  pool was ever built and the first forward raised AttributeError; here it raises
+  ValueError saying to pass a list.
 - The official TLC pool fixes its window at the first forward and keeps it for every later
   input; here the window is computed from each input's own feature size, i.e. every image
   is pooled as the official code pools the first one (SOTS-indoor images share one size,

@@ -8,9 +8,10 @@ their features can be compared by cosine similarity (see ``matching.py``).
 
 Origin of the layout: ``mrluin/TextualDegRemoval@e755c39
 models/archs/network_nafnet_guided_arch.py`` (class ``Encoder``; the upstream repository
-ships no license file). This is a re-implementation from the method description
-(shared/spec/method.md §4.4); the attribute names ``conv_L<k>`` / ``blk_L<k>`` are kept
-so the authors' ``masa_enc.*`` checkpoint entries load unchanged.
+ships no license file). This is a re-implementation from a description of that class
+(per level a 3x3 convolution, stride 2 from the second level on, ReLU and residual
+blocks); the attribute names ``conv_L<k>`` / ``blk_L<k>`` are kept so the authors'
+``masa_enc.*`` checkpoint entries load unchanged.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ Degradations in Textual Representations" (Lin et al., CVPR 2024, arXiv:2312.1733
 
 At the input of each encoder level the backbone feature ``x`` (C channels) and the
 warped reference feature (C channels) are concatenated, passed through a stack of the
-backbone's own blocks at width 2C, and the first C channels are kept
-(shared/spec/method.md §4.4, "Fusion pattern"). Every block of the stack starts as an
-identity, so at initialisation the fusion returns ``x`` unchanged and a guided model
+backbone's own blocks at width 2C, and the first C channels are kept (the authors'
+fusion pattern, the same for every guided backbone). Every block of the stack starts as
+an identity, so at initialisation the fusion returns ``x`` unchanged and a guided model
 holding a plain backbone's weights computes exactly the plain backbone:
 
 * NAFNet blocks are identities by construction (their ``beta``/``gamma`` start at 0);

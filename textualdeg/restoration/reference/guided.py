@@ -1,8 +1,8 @@
 """The reference branch every guided backbone shares: checks, padding, warping, fusion.
 
 Part of "Improving Image Restoration through Removing Degradations in Textual
-Representations" (Lin et al., CVPR 2024, arXiv:2312.17334), stage 4 (shared/spec/method.md
-§4.4): the input and the guidance image are encoded by one :class:`ReferenceEncoder`,
+Representations" (Lin et al., CVPR 2024, arXiv:2312.17334), stage 4: the input and the
+guidance image are encoded by one :class:`ReferenceEncoder`,
 matched coarse-to-fine at the deepest level (:class:`CoarseToFineMatcher`), the
 reference pyramid is warped onto the input grid (:class:`PatchTransfer`) and each warped
 level is fused into the backbone's encoder (:class:`ReferenceFusion`).

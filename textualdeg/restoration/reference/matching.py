@@ -15,12 +15,13 @@ Both stages run on the deepest encoder level:
   patch inside its block's window; the top-1 gives the correspondence and its cosine
   similarity the match confidence.
 
-Re-implemented from shared/spec/method.md §4.4, following the authors' arithmetic
+Re-implemented following the authors' arithmetic
 (``mrluin/TextualDegRemoval@e755c39 models/archs/network_nafnet_guided_arch.py``,
 ``search``/``search_org``; no license file upstream) but vectorised over blocks and
-batch, and without two defects: windows of a non-square pair are indexed correctly
-(their D54), and a window never leaves the reference (their D55: it is clamped, and
-shrunk to the reference when the reference is smaller than the window).
+batch, and without two defects (docs/official_differences.md): windows of a non-square
+pair are indexed correctly (their D54), and a window never leaves the reference (their
+D55: it is clamped, and shrunk to the reference when the reference is smaller than the
+window).
 """
 
 from __future__ import annotations

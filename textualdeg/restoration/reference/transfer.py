@@ -17,7 +17,7 @@ This module computes the same average without unfolding whole windows: an ``s x 
 output cell receives, from each neighbour ``q = c - d`` in its block (``d`` in
 {-1, 0, 1}^2), the reference cell at ``match(q) + d``. That is nine gathers of
 output-sized tensors instead of a ``C * 9s^2 x window`` unfold, vectorised over blocks
-and batch (shared/spec/method.md §4.4, "Transfer").
+and batch.
 """
 
 from __future__ import annotations

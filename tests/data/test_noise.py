@@ -59,11 +59,16 @@ def test_validation_noise_is_the_authors_seeded_noise(clean_folder):
     torch.testing.assert_close(ds[0]["lq"], item["lq"])  # the same every time
 
 
-def test_gray_noise_is_one_channel_replicated(clean_folder):
-    ds = GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), gt_size=32, in_ch=1, sigma_range=15)
+def test_gray_noise_is_one_channel_or_replicated_for_a_three_channel_network(clean_folder):
+    gray = GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), dataroot_ref=str(clean_folder / "ref"),
+                                       gt_size=32, in_ch=1, sigma_range=15)[1]
+    assert gray["lq"].shape == gray["gt"].shape == (1, 32, 32) and gray["ref"].shape[0] == 1
+    ds = GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), gt_size=32, in_ch=1, sigma_range=15,
+                                     gray_to_rgb=True)
     item = ds[1]
     assert item["lq"].shape == (3, 32, 32)
     torch.testing.assert_close(item["lq"][0], item["lq"][1])
+    torch.testing.assert_close(item["lq"][:1], gray["lq"])  # the same noisy gray image, three times
 
 
 def test_missing_guidance_is_listed(clean_folder):

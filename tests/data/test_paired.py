@@ -183,9 +183,10 @@ def test_dehaze_many_hazy_images_per_clear_one(tmp_path):
     assert len(pair_folders(tmp_path / "gt", tmp_path / "lq", gt_stem_separator="_", meta_info_file=meta)) == 1
 
 
-def test_gray_items_are_replicated_to_three_channels(tmp_path):
+def test_gray_items_have_one_channel_or_three_with_gray_to_rgb(tmp_path):
     root = _write_set(tmp_path, {"a": "astronaut"})
-    item = _dataset(root, gt_size=32, in_ch=1)[0]
+    assert _dataset(root, gt_size=32, in_ch=1)[0]["gt"].shape == (1, 32, 32)
+    item = _dataset(root, gt_size=32, in_ch=1, gray_to_rgb=True)[0]
     assert item["gt"].shape == (3, 32, 32)
     torch.testing.assert_close(item["gt"][0], item["gt"][2])
 
@@ -225,3 +226,21 @@ def test_dual_pixel_views_are_stacked_and_keep_16_bits(tmp_path):
     # the right view is read from its own file (D28) and both stay aligned with the target
     torch.testing.assert_close(item["lq"][:3], (item["gt"] * 0.9).clamp(0, 1), atol=2e-5, rtol=0)
     torch.testing.assert_close(item["lq"][3:], (item["gt"] * 0.8 + 0.1).clamp(0, 1), atol=2e-5, rtol=0)
+
+
+def test_dino_window_of_gray_data_is_found_on_three_equal_channels(tmp_path):
+    """in_ch 1: DINOv2 sees RGB (the gray channel three times); the chosen window is gray."""
+    image = _photo("astronaut")
+    for folder, picture in (("gt", image), ("lq", _degrade(image)), ("ref", image)):
+        write_image(tmp_path / folder / "a.png", picture)
+    seen = []
+
+    def features(x):
+        seen.append(x.shape[1])
+        return torch.nn.functional.avg_pool2d(x, 7).flatten(2).transpose(1, 2) - 0.5
+
+    stub = DinoWindowSelector(features, patch_size=7, stride_divisor=64)
+    item = _dataset(tmp_path, gt_size=40, ref_crop="dino", dino_selector=stub, in_ch=1)[0]
+    assert set(seen) == {3}
+    assert item["ref"].shape == item["gt"].shape == (1, 40, 40)
+    torch.testing.assert_close(item["ref"], item["gt"])  # the window matching the crop

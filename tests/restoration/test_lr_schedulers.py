@@ -90,3 +90,13 @@ def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="warmup_iter"):
         build_scheduler(_optimizer(), {"type": "ConstantLR", "warmup_iter": 3})
     assert "CosineAnnealingRestartCyclicLR" in SCHEDULER_REGISTRY
+
+
+def test_null_keys_are_unset_so_a_child_file_can_switch_schedule_type():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    spec = {"type": "CosineAnnealingRestartLR", "periods": [10], "restart_weights": [1], "eta_min": 0.0,
+            "eta_mins": None}  # left over from a base file's cyclic schedule
+    sched = build_scheduler(opt, spec)
+    assert sched.get_last_lr() == [1.0]
+    with pytest.raises(TypeError, match="unknown argument 'eta_mins'"):
+        build_scheduler(opt, spec | {"eta_mins": [0.1]})

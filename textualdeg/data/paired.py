@@ -215,8 +215,11 @@ class GuidedDatasetBase(Dataset):
         dino_selector (object | None): a ready ``DinoWindowSelector`` (overrides
             ``pretrain_dino``; for tests and for sharing one model).
         in_ch (int): 3 (RGB) or 1: gray, read with BT.601 weights, cropped and degraded
-            as one channel and replicated to 3 channels in the item (the authors' gray
-            models keep 3 input channels, D31).
+            as one channel; the item is (1, H, W) for a 1-channel network (the official
+            Restormer gray models), or (3, H, W) with ``gray_to_rgb``.
+        gray_to_rgb (bool): with ``in_ch: 1``, replicate the gray channel to 3 in the item,
+            for a 3-channel network fed gray data (the authors' gray models, D31).
+            Default False.
         seed (int): base seed; items depend on (seed, epoch, index).
         skip_bad_images (bool): replace an unreadable item by the next readable one
             (logged) instead of raising.
@@ -240,6 +243,7 @@ class GuidedDatasetBase(Dataset):
         dino_window: str = "crop",
         dino_selector: Any = None,
         in_ch: int = 3,
+        gray_to_rgb: bool = False,
         seed: int = 0,
         skip_bad_images: bool = False,
         name: str = "",
@@ -275,6 +279,7 @@ class GuidedDatasetBase(Dataset):
         self.ref_crop, self.ref_size, self.augment_ref = ref_crop, ref_size, augment_ref
         self.pretrain_dino, self.dino_window, self._selector = pretrain_dino, dino_window, dino_selector
         self.in_ch = in_ch
+        self.gray_to_rgb = bool(gray_to_rgb) and in_ch == 1
         self.channels = "rgb" if in_ch == 3 else "gray"
         self.seed = seed
         self.skip_bad_images = skip_bad_images
@@ -352,7 +357,10 @@ class GuidedDatasetBase(Dataset):
             window = (max(1, round(h * ref.shape[0] / image_hw[0])), max(1, round(w * ref.shape[1] / image_hw[1])))
         else:
             window = (h, w)
+        if lq_crop.shape[2] == 1:  # DINOv2 compares RGB images: gray as three equal channels
+            lq_crop, ref = np.repeat(lq_crop, 3, axis=2), np.repeat(ref, 3, axis=2)
         crop = selector(image_to_tensor(lq_crop)[None], image_to_tensor(ref)[None], window)  # (1, C, h, w)
+        crop = crop[:, : self.in_ch]  # gray: one of the equal channels
         return np.ascontiguousarray(crop[0].permute(1, 2, 0).numpy())  # (h, w, C)
 
     def _finish(
@@ -374,7 +382,7 @@ class GuidedDatasetBase(Dataset):
             lq, gt = aug(lq), aug(gt)
             if ref is not None and self.augment_ref:
                 ref = aug(ref)
-        if self.in_ch == 1:
+        if self.gray_to_rgb:
             lq, gt = np.repeat(lq, 3, axis=2), np.repeat(gt, 3, axis=2)  # (h, w, 1) -> (h, w, 3)
             ref = np.repeat(ref, 3, axis=2) if ref is not None else None
         item: dict[str, Any] = {

@@ -240,13 +240,16 @@ def build_scheduler(optimizer: Optimizer, spec: dict, warmup_iter: int = -1) -> 
 
     Args:
         optimizer: the optimizer whose param groups' current lrs are the base lrs.
-        spec: ``train.scheduler`` as a dict (``type`` plus constructor kwargs).
+        spec: ``train.scheduler`` as a dict (``type`` plus constructor kwargs; keys set to
+            None are left out).
         warmup_iter: ``train.warmup_iter`` (<= 0: no warm-up).
 
     Returns:
         The scheduler, already at step 0 (the group lrs are set for the first step).
     """
-    spec = dict(spec)
+    # a null value means "not set": an option file can unset a key its base file sets
+    # (e.g. eta_mins of a cyclic schedule when it switches to eta_min)
+    spec = {k: v for k, v in dict(spec).items() if v is not None}
     if "warmup_iter" in spec:
         raise ValueError("set the warm-up with train.warmup_iter, not train.scheduler.warmup_iter")
     return SCHEDULER_REGISTRY.build(spec, optimizer=optimizer, warmup_iter=int(warmup_iter))

@@ -60,7 +60,8 @@ DATASET_SCHEMA = Section(
         "sigma_type": Field(str, None, help="Gaussian denoising: constant | random | choice"),
         "sigma_range": Field(_NUMBER_OR_LIST, None, help="sigma (constant) or [low, high] / choices, in 0..255 units"),
         "sigma_test": Field(float, None, help="sigma of the seeded validation noise"),
-        "in_ch": Field(int, None, help="1: grayscale (replicated to RGB for the network), 3: colour"),
+        "in_ch": Field(int, None, help="1: grayscale (1-channel items), 3: colour"),
+        "gray_to_rgb": Field(bool, None, help="in_ch 1: replicate gray to 3 channels (a 3-channel network, D31)"),
         "clip_noise": Field(bool, None, help="clip noisy inputs to [0, 1] (the authors do not)"),
         "val_noise_seed": Field(int, None, help="validation noise seed (default 0, as the protocols)"),
         # -- all-in-one mixture (AllInOneRefDataset)

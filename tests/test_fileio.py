@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+import textualdeg.fileio as fileio
 from textualdeg.fileio import (
     atomic_write,
     atomic_write_bytes,
@@ -77,3 +78,37 @@ def test_fsync_tree_walks_nested_folders(tmp_path):
     (tmp_path / "a" / "b" / "f.bin").write_bytes(b"1")
     (tmp_path / "g.bin").write_bytes(b"2")
     fsync_tree(tmp_path)  # must not raise on folders or files
+
+
+def test_disk_full_says_so_and_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "net_g.safetensors"
+    target.write_bytes(b"old")
+
+    def full(_):  # the OS runs out of space while the file is flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "fsync_file", full)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*net_g\.safetensors") as info:
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"new")
+    assert info.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["net_g.safetensors"]
+    # a library's wrapped error (safetensors reports IoError ... StorageFull) reads the same
+    with pytest.raises(OSError, match="No space left on device while writing"):
+        with atomic_write(tmp_path / "b.bin"):
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+
+def test_read_only_folder_is_named_not_the_hidden_temp(tmp_path, monkeypatch):
+    import errno
+
+    with pytest.raises(PermissionError, match=r"cannot write .*a\.png: folder .* is not writable") as info:
+        with atomic_write(tmp_path / "a.png") as tmp:
+            raise PermissionError(errno.EROFS, f"Read-only file system: '{tmp}'")
+    assert ".tmp" not in str(info.value)
+    monkeypatch.setattr(fileio.os, "access", lambda path, mode: False)  # e.g. a read-only mount
+    with pytest.raises(PermissionError, match=rf"folder {tmp_path} is not writable"):
+        with atomic_write(tmp_path / "b.png"):
+            pass

@@ -13,6 +13,7 @@ Degradations in Textual Representations" (Lin et al., CVPR 2024, arXiv:2312.1733
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -118,6 +119,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write {path}: folder {path.parent} is not writable "
+                                            f"(read-only file system or missing permission)")
     tmp = temp_path_for(path)
     try:
         yield tmp
@@ -127,12 +131,27 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             )
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         # BaseException: also clean up on KeyboardInterrupt; SIGKILL leaves the hidden temp file.
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if _is_disk_full(error):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path} "
+                                        f"(free space in {path.parent} and run again; {path.name} "
+                                        f"keeps its previous content)") from error
+        if isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES):
+            raise PermissionError(errno.EACCES, f"cannot write {path}: folder {path.parent} is not writable "
+                                                f"(read-only file system or missing permission)") from error
         raise
     fsync_directory(path.parent)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """An out-of-space error, raised by the OS or wrapped by a library (safetensors' IoError)."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "StorageFull" in text or "os error 28" in text
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -228,3 +228,15 @@ def test_list_images(tmp_path, chelsea):
     assert [path.name for path in list_images(tmp_path, recursive=True)][-1] == "e.png"
     with pytest.raises(FileNotFoundError, match="missing"):
         list_images(tmp_path / "missing")
+
+
+def test_gray_file_read_as_rgb_is_reported_once_per_folder(tmp_path, caplog):
+    gray = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8, 1)
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "targets" / name, gray)
+    with caplog.at_level("WARNING"):
+        first = read_image(tmp_path / "targets" / "a.png", "rgb")
+        read_image(tmp_path / "targets" / "b.png", "rgb")
+    assert first.shape == (8, 8, 3)
+    warnings = [r.getMessage() for r in caplog.records if "grayscale but is read as RGB" in r.getMessage()]
+    assert len(warnings) == 1 and "a.png" in warnings[0]

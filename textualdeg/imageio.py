@@ -92,12 +92,25 @@ def _to_float(pixels: np.ndarray, path: Path) -> np.ndarray:
     raise ImageReadError(path, f"unsupported pixel type {pixels.dtype} (expected 8/16-bit or float)")
 
 
+_GRAY_WARNED: set[str] = set()
+
+
+def _warn_gray_in_rgb(path: str | os.PathLike) -> None:
+    """Say (once per folder and process) that a gray file is read as RGB by copying it."""
+    folder = str(Path(path).parent)
+    if folder not in _GRAY_WARNED:
+        _GRAY_WARNED.add(folder)
+        logger.warning("%s is grayscale but is read as RGB: its channel is copied to three (further gray "
+                       "files in %s are not reported; set in_ch: 1 for gray data)", path, folder)
+
+
 def read_image(path: str | os.PathLike, channels: str = "rgb") -> np.ndarray:
     """Read an image file as float32 HWC in [0, 1], RGB order.
 
     Args:
         path: a PNG, JPEG, BMP or TIFF file (the content decides the format).
-        channels: ``"rgb"`` returns (H, W, 3), gray files replicated; ``"gray"`` returns
+        channels: ``"rgb"`` returns (H, W, 3), gray files replicated (a warning names the
+            first per folder); ``"gray"`` returns
             (H, W, 1), colour files converted with BT.601 weights (0.299, 0.587, 0.114);
             ``"keep"`` returns (H, W, 1) for gray files and (H, W, 3) for colour ones.
 
@@ -144,6 +157,7 @@ def read_image(path: str | os.PathLike, channels: str = "rgb") -> np.ndarray:
         raise ImageReadError(path, f"unsupported channel count {pixels.shape[2]}")
     image = _to_float(pixels, path)
     if channels == "rgb" and image.shape[2] == 1:
+        _warn_gray_in_rgb(path)
         image = np.repeat(image, 3, axis=2)  # (H, W, 1) -> (H, W, 3)
     elif channels == "gray" and image.shape[2] == 3:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[:, :, None]

@@ -100,3 +100,20 @@ def test_null_keys_are_unset_so_a_child_file_can_switch_schedule_type():
     assert sched.get_last_lr() == [1.0]
     with pytest.raises(TypeError, match="unknown argument 'eta_mins'"):
         build_scheduler(opt, spec | {"eta_mins": [0.1]})
+
+
+def test_training_plan_is_checked_against_the_schedule(caplog):
+    from textualdeg.restoration.lr_schedulers import check_schedule
+
+    spec = {"type": "CosineAnnealingRestartCyclicLR", "periods": [30, 70], "restart_weights": [1, 1],
+            "eta_mins": [1e-4, 1e-6]}
+    check_schedule(spec, 100)
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="total_iter must be a positive number of steps"):
+            check_schedule(spec, bad)
+    with pytest.raises(ValueError, match=r"periods \[30, 70\] add up to 100 steps, fewer than train.total_iter=150"):
+        build_scheduler(_optimizer(), spec, total_iter=150)
+    with caplog.at_level("WARNING"):
+        build_scheduler(_optimizer(), spec, total_iter=80)  # cut short on purpose (PromptIR's 120 of 150 epochs)
+    assert any("the schedule is cut before its end" in r.getMessage() for r in caplog.records)
+    check_schedule({"type": "ConstantLR"}, 10)

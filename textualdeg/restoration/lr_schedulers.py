@@ -235,7 +235,38 @@ class ConstantLR(_ClosedFormLR):
         return base_lr
 
 
-def build_scheduler(optimizer: Optimizer, spec: dict, warmup_iter: int = -1) -> LRScheduler:
+def check_schedule(spec: dict, total_iter: int) -> None:
+    """Refuse a plan that trains nothing or runs past its schedule; warn when it is cut short.
+
+    Args:
+        spec: ``train.scheduler`` as a dict.
+        total_iter: ``train.total_iter``.
+
+    Raises:
+        ValueError: ``total_iter <= 0`` (nothing would be trained, yet weights would be
+            written), or cosine ``periods`` that add up to less than ``total_iter`` (the
+            remaining steps would silently run at the floor lr).
+    """
+    if isinstance(total_iter, bool) or not isinstance(total_iter, int) or total_iter <= 0:
+        raise ValueError(f"train.total_iter must be a positive number of steps, got {total_iter!r}: "
+                         f"nothing would be trained")
+    periods = spec.get("periods")
+    if not periods:
+        return
+    length = sum(int(p) for p in periods)
+    if length < total_iter:
+        raise ValueError(f"train.scheduler.periods {list(periods)} add up to {length} steps, fewer than "
+                         f"train.total_iter={total_iter}: the last {total_iter - length} steps would run at the "
+                         f"floor lr; make them add up to {total_iter}")
+    if length > total_iter:
+        logger.warning("train.scheduler.periods add up to %d steps but training stops at train.total_iter=%d: "
+                       "the schedule is cut before its end (intended e.g. when reproducing an epoch-cut recipe)",
+                       length, total_iter)
+
+
+def build_scheduler(
+    optimizer: Optimizer, spec: dict, warmup_iter: int = -1, total_iter: int | None = None
+) -> LRScheduler:
     """Build ``spec['type']`` from ``SCHEDULER_REGISTRY`` over ``optimizer``.
 
     Args:
@@ -243,6 +274,8 @@ def build_scheduler(optimizer: Optimizer, spec: dict, warmup_iter: int = -1) -> 
         spec: ``train.scheduler`` as a dict (``type`` plus constructor kwargs; keys set to
             None are left out).
         warmup_iter: ``train.warmup_iter`` (<= 0: no warm-up).
+        total_iter: ``train.total_iter``, checked against the schedule
+            (:func:`check_schedule`); None skips the check.
 
     Returns:
         The scheduler, already at step 0 (the group lrs are set for the first step).
@@ -252,6 +285,8 @@ def build_scheduler(optimizer: Optimizer, spec: dict, warmup_iter: int = -1) -> 
     spec = {k: v for k, v in dict(spec).items() if v is not None}
     if "warmup_iter" in spec:
         raise ValueError("set the warm-up with train.warmup_iter, not train.scheduler.warmup_iter")
+    if total_iter is not None:
+        check_schedule(spec, total_iter)
     return SCHEDULER_REGISTRY.build(spec, optimizer=optimizer, warmup_iter=int(warmup_iter))
 
 
@@ -261,4 +296,5 @@ __all__ = [
     "MultiStepRestartLR",
     "ConstantLR",
     "build_scheduler",
+    "check_schedule",
 ]

@@ -236,6 +236,8 @@ def run_options(folders: dict[str, Path], exp: Path, case: str, model: str, iter
     for key in ("train", "val"):
         opt["datasets"][key].update(dataroot_gt=str(folders[f"{key}_gt"]), sigma_range=SIGMA, sigma_test=SIGMA)
     opt["datasets"]["val"]["dataroot_ref"] = str(folders[f"val_ref_{case}"])
+    # the authors' validation noise (seed 0 before every image), as the documented numbers used
+    opt["datasets"]["val"]["val_noise_seed_mode"] = "fixed"
     train_ds = opt["datasets"]["train"]
     train_ds.update(type=case_dataset_name(case), dataroot_ref=None, gt_size=64,
                     ref_crop="full", batch_size_per_gpu=4)

@@ -911,3 +911,26 @@ def test_load_network_weights_names_file_arch_and_first_mismatched_keys(tmp_path
     assert len(report["missing"]) == len(before) and report["unexpected"]
     assert all(torch.equal(before[k], v) for k, v in restormer.state_dict().items())
     assert any("loaded 0 of" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_lineage_limits_auto_resume_and_rotation_and_info_is_kept_in_the_marker(tmp_path, fresh_accelerate_state):
+    from textualdeg.checkpoint import read_state_info
+
+    accelerator = _tiny_run()[0]
+    old = StateCheckpointer(tmp_path / "state", keep_last=2)
+    for step in (10, 20, 30):
+        old.save(accelerator, step, info={"branch": "a"})
+    assert read_state_info(tmp_path / "state" / "step_00000030") == {"branch": "a"}
+    assert sorted(s for s, _ in old.complete_states()) == [20, 30]
+    # a branch resumed from step 20: its states beside branch a's newer step 30
+    branch = StateCheckpointer(tmp_path / "state", keep_last=2,
+                               lineage=lambda step, info: info.get("branch") == "b" or step <= 20)
+    for step in (21, 22, 23):
+        branch.save(accelerator, step, info={"branch": "b"})
+    # rotation counted and deleted only the branch's states; branch a's step 30 is left alone
+    assert [s for s, _ in branch.complete_states()] == [22, 23, 30]
+    assert [s for s, _ in branch.lineage_states()] == [22, 23]
+    assert branch.start_step(accelerator, None, auto_resume=True) == 23
+    assert branch.resumed == tmp_path / "state" / "step_00000023"
+    assert StateCheckpointer(tmp_path / "state").start_step(accelerator, None, auto_resume=True) == 30
+    assert read_state_info(tmp_path / "state" / "missing") == {}

@@ -596,3 +596,17 @@ def test_parse_options(minimal: Path) -> None:
     assert (opt.train.total_iter, opt.name) == (4, "cli")
     with pytest.raises(OptionsError, match="--set"):
         parse_options(["-opt", str(minimal), "--set", "train.totl_iter=4"], SCHEMA)
+
+
+# --------------------------------------------------------------------- package layout
+
+
+def test_package_exports_exactly_the_public_api() -> None:
+    import textualdeg.options as package
+
+    assert sorted(package.__all__) == sorted([
+        "REQUIRED", "Field", "ListOf", "MapOf", "Options", "OptionsError", "Section", "add_option_arguments",
+        "describe_options", "load_options", "options_from_dict", "parse_options", "save_options",
+    ])
+    assert all(getattr(package, name) is not None for name in package.__all__)
+    assert pickle.loads(pickle.dumps(REQUIRED)) is REQUIRED  # the sentinel survives its move to schema.py

@@ -17,7 +17,7 @@ from skimage import data
 from skimage.transform import resize
 
 from textualdeg.imageio import image_to_tensor, read_image, write_image
-from textualdeg.restore import RestoreError, build_network, find_weights, load_experiment_options, main, restore_images
+from textualdeg.restore import RestoreError, find_weights, load_experiment_options, main, restore_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = REPO / "options" / "train_restoration" / "tiny_cpu.yml"
@@ -131,8 +131,10 @@ def local_experiment(tmp_path_factory) -> Path:
 def _expected(experiment: Path, lq_path: Path, ref_path: Path | None) -> np.ndarray:
     """The experiment's network run directly on one image: (H, W, 3) in [0, 1]."""
     from textualdeg.restoration.inference import restore
+    from textualdeg.restoration.network import build_network
 
-    model = build_network(load_experiment_options(experiment), find_weights(experiment))
+    exp_opt = load_experiment_options(experiment)
+    model = build_network(exp_opt.network_g, find_weights(experiment)).eval()
     lq = image_to_tensor(read_image(lq_path))[None]  # (1, 3, H, W)
     ref = None if ref_path is None else image_to_tensor(read_image(ref_path))[None]  # (1, 3, Hr, Wr)
     return restore(model, lq, ref=ref)[0].clamp(0, 1).permute(1, 2, 0).numpy()
@@ -254,6 +256,24 @@ def test_missing_models_named_before_generation(photos, generate_opt, guided_exp
 def test_output_may_not_overwrite_inputs(photos, guided_experiment):
     with pytest.raises(RestoreError, match="overwrite"):
         restore_images(photos, photos, guided_experiment, device="cpu")
+
+
+def test_bad_device_and_network_are_named(photos, guided_experiment, tmp_path, capsys):
+    with pytest.raises(RestoreError, match="--device 'tpu'"):
+        restore_images(photos, tmp_path / "o", guided_experiment, device="tpu")
+    if not torch.cuda.is_available():
+        assert main(["--input", str(photos), "--output", str(tmp_path / "o"), "--experiment",
+                     str(guided_experiment), "--device", "cuda"]) == 1
+        assert "--device 'cuda': no CUDA device is available" in capsys.readouterr().err
+    exp = tmp_path / "exp_wider"
+    (exp / "checkpoints").mkdir(parents=True)
+    options = yaml.safe_load((guided_experiment / "options.yml").read_text())
+    options["network_g"]["widht"] = 16
+    (exp / "options.yml").write_text(yaml.safe_dump(options))
+    weights = guided_experiment / "checkpoints" / "net_g_latest.safetensors"
+    with pytest.raises(RestoreError, match="network_g of the experiment cannot be built: .*'widht'"):
+        restore_images(photos, tmp_path / "o", exp, device="cpu", checkpoint=weights)
+    assert not (tmp_path / "o").exists()
 
 
 def test_find_weights_order(tmp_path):

@@ -18,8 +18,9 @@ Two layers:
                                          accelerate's step counter, one file per process
           objects.json                   registered objects' states, tensors replaced by
           objects.safetensors            references into this file (absent without tensors)
-          COMPLETE                       json: step, time, processes, format, and the size
-                                         and sha256 of every file above
+          COMPLETE                       json: step, time, processes, format, the size
+                                         and sha256 of every file above, and the caller's
+                                         ``info`` (e.g. which start of the run wrote it)
       <root>/step_00002000/
       <root>/latest                    text file naming the newest state folder, written last
       <root>/.tmp_step_XXXXXXXX/       a save in progress (or killed), never resumed
@@ -44,6 +45,11 @@ folders, not the pointer: if the pointer is missing or stale (a kill between the
 and the pointer write) the newest complete folder wins. What killed saves leave behind
 (temporary folders and ``atomic_write`` temporaries of the pointer and the weight files)
 is removed at start-up and on rotation once no process uses it (``clean_stale``).
+
+Lineage: a run folder can hold states of several branches (a run resumed from an older
+state with changed options writes new states beside the old, higher-step ones). With a
+``lineage`` predicate set, auto-resume picks the newest state the predicate accepts, and
+rotation counts and deletes only those; the others are left alone.
 
 Resume verifies the chosen state against the checksums in its marker, so truncation and
 bit rot inside tensor data are caught before anything is loaded. Auto-resume then falls
@@ -372,6 +378,19 @@ def read_state_step(folder: str | os.PathLike) -> int | None:
     return None if match is None else _marker_step(folder, int(match.group(1)))
 
 
+def read_state_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """Return the ``info`` a state's ``COMPLETE`` marker records (``{}`` when none or unreadable).
+
+    Args:
+        folder: a state folder.
+    """
+    try:
+        info = json.loads((Path(folder) / COMPLETE_MARKER).read_text()).get("info")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def find_resume_state(path: str | os.PathLike) -> Path | None:
     """Resolve ``path`` to a complete state folder.
 
@@ -611,6 +630,12 @@ class StateCheckpointer:
             ``<prefix>_latest.safetensors`` and every other name are never touched.
         stale_after_s: temporaries younger than this (seconds, newest file inside for
             folders) are taken to be in use and left alone.
+        lineage: ``lineage(step, info) -> bool``, where ``info`` is what the state's marker
+            records (:func:`read_state_info`): the states auto-resume may pick and rotation
+            may count and delete. None: every complete state. May be replaced between calls.
+
+    Attributes:
+        resumed: the state folder the last :meth:`resume` loaded (None before, or for a fresh run).
     """
 
     def __init__(
@@ -621,6 +646,7 @@ class StateCheckpointer:
         weights_dir: str | os.PathLike | None = None,
         weight_prefixes: tuple[str, ...] = (),
         stale_after_s: float = 120.0,
+        lineage: Callable[[int, Mapping[str, Any]], bool] | None = None,
     ) -> None:
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f"keep_last={keep_last!r}: expected an int >= 1 or None")
@@ -642,6 +668,8 @@ class StateCheckpointer:
         self._weight_name = (re.compile(rf"^(?:{alternatives})(?:_[A-Za-z0-9]+)?\.(?:safetensors|json)$")
                              if alternatives else None)
         self._objects: dict[str, Any] = {}
+        self.lineage = lineage
+        self.resumed: Path | None = None
 
     def __repr__(self) -> str:
         return (f"StateCheckpointer(root={str(self.root)!r}, keep_last={self.keep_last}, "
@@ -680,6 +708,13 @@ class StateCheckpointer:
                     states.append((step, entry))
         return sorted(states)
 
+    def lineage_states(self) -> list[tuple[int, Path]]:
+        """Return the complete states ``lineage`` accepts (all of them without one), oldest first."""
+        states = self.complete_states()
+        if self.lineage is None:
+            return states
+        return [(step, folder) for step, folder in states if self.lineage(step, read_state_info(folder))]
+
     def latest(self) -> Path | None:
         """Return the newest complete state folder, or None if there is none.
 
@@ -707,7 +742,7 @@ class StateCheckpointer:
 
     # -- save ---------------------------------------------------------------------------
 
-    def save(self, accelerator: Any, step: int) -> Path:
+    def save(self, accelerator: Any, step: int, info: Mapping[str, Any] | None = None) -> Path:
         """Save the full training state at ``step`` (call on ALL processes).
 
         Calls ``accelerator.save_state`` on every rank, replaces accelerate's pickled RNG
@@ -719,6 +754,8 @@ class StateCheckpointer:
         Args:
             accelerator: the ``accelerate.Accelerator`` that prepared the objects.
             step: the optimizer step reached (>= 0).
+            info: JSON-serialisable facts recorded in the marker (main process), read back
+                with :func:`read_state_info`.
 
         Returns:
             The final state folder.
@@ -755,7 +792,7 @@ class StateCheckpointer:
             self._save_objects(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            self._finalize(tmp, final, step, accelerator.num_processes)
+            self._finalize(tmp, final, step, accelerator.num_processes, info)
         accelerator.wait_for_everyone()
         return final
 
@@ -769,7 +806,8 @@ class StateCheckpointer:
             save_weights(tensors, folder / OBJECTS_TENSORS)
         (folder / OBJECTS_JSON).write_text(json.dumps(tree, indent=1) + "\n")
 
-    def _finalize(self, tmp: Path, final: Path, step: int, num_processes: int) -> None:
+    def _finalize(self, tmp: Path, final: Path, step: int, num_processes: int,
+                  info: Mapping[str, Any] | None = None) -> None:
         """Main process: make ``tmp`` durable, mark it complete with checksums, publish it, rotate."""
         fsync_tree(tmp)
         record = {
@@ -779,6 +817,8 @@ class StateCheckpointer:
             "format": STATE_FORMAT,
             "files": _file_manifest(tmp),
         }
+        if info:
+            record["info"] = dict(info)
         atomic_write_text(tmp / COMPLETE_MARKER, json.dumps(record, indent=1) + "\n")
         replaced = None
         if final.exists():
@@ -801,11 +841,11 @@ class StateCheckpointer:
         return trash
 
     def _rotate(self, protect: Path) -> None:
-        """Delete leftovers of killed saves, complete states beyond ``keep_last`` and their weight files."""
+        """Delete leftovers of killed saves, lineage states beyond ``keep_last`` and their weight files."""
         self.clean_stale()
         if self.keep_last is None:
             return
-        states = self.complete_states()
+        states = self.lineage_states()
         keep = {folder for _, folder in states[-self.keep_last:]}
         keep.add(protect)
         pointer = self._read_pointer()
@@ -915,8 +955,8 @@ class StateCheckpointer:
         Args:
             accelerator: the ``accelerate.Accelerator`` that prepared the objects (the
                 same objects must be registered with :meth:`register` as when saving).
-            path: None for the newest state under ``root``; else a state folder or a state
-                root (see ``find_resume_state``).
+            path: None for the newest state under ``root`` that ``lineage`` accepts; else a
+                state folder or a state root (see ``find_resume_state``).
 
         Returns:
             The step of the loaded state, or None when ``path`` is None and nothing has
@@ -947,6 +987,7 @@ class StateCheckpointer:
         if folder is None:
             return None
         self._load(accelerator, Path(folder))
+        self.resumed = Path(folder)
         logger.info("resumed training state of step %d from %s", step, folder)
         return step
 
@@ -963,7 +1004,7 @@ class StateCheckpointer:
                 raise CheckpointError(error.path, f"{error.cause}; the state {folder} was requested explicitly "
                                       "(path.resume_state), so no other state is tried") from error
         rejected = []
-        for step, folder in reversed(self.complete_states()):
+        for step, folder in reversed(self.lineage_states()):
             try:
                 return verify_state(folder), folder
             except CheckpointError as error:
@@ -1018,7 +1059,7 @@ class StateCheckpointer:
 
         First cleans what interrupted saves left behind (:meth:`clean_stale`, main
         process). Then ``resume_state`` (an option file's ``path.resume_state``) wins;
-        otherwise, with ``auto_resume``, the newest usable state of this run; otherwise 0.
+        otherwise, with ``auto_resume``, the newest usable state ``lineage`` accepts; otherwise 0.
         """
         if accelerator.is_main_process:
             self.clean_stale()

@@ -7,24 +7,27 @@ SSIM on CUDA (D47; IDs as in docs/official_differences.md). Here one option file
 (``EVALUATION_SCHEMA``, declared in this module) says which network, which weights, which
 test sets and which metric protocol; :func:`evaluate` then
 
-1. builds ``network_g`` from ``ARCH_REGISTRY`` and loads ``path.pretrain_network_g``;
-2. pairs LQ / GT / guidance files by stem (``textualdeg.data.paired.pair_folders``), or,
+1. builds ``network_g`` and loads ``path.pretrain_network_g``
+   (``textualdeg.restoration.network.build_network``, as training does);
+2. pairs LQ / GT / guidance files by stem (``textualdeg.data.pairing.pair_folders``), or,
    for Gaussian denoising, adds seeded noise to the clean images (below);
 3. restores each image with :func:`textualdeg.restoration.inference.restore` (reflect
    padding to the model's multiple, optional tiling, optional x8 self-ensemble), the
    guided models receiving the whole guidance image;
-4. scores the clamped output with :func:`textualdeg.metrics.compute_metrics` under the
-   protocol (``metrics``: a preset plus optional field overrides, per dataset if needed);
-   on a GPU with the batched torch metrics in float64 (same definitions, equal to 1e-10);
+4. scores the clamped output with :func:`textualdeg.metrics.score` under the protocol
+   (``metrics``: a preset plus optional field overrides, per dataset if needed): the numpy
+   reference on the CPU, the batched torch metrics in float64 on a GPU (same definitions,
+   equal to 1e-10);
 5. writes, under ``path.results_root`` (default ``results/<name>``), atomically:
    ``<dataset>/per_image.csv``, ``results.json`` (means, per-image values, the protocol
    record, noise settings, checkpoint hash, options) and ``results.md`` (a table).
 
-Gaussian-denoising noise (``datasets.<key>.noise``): ``LQ = GT + N(0, (sigma/255)^2)``
-added to the float [0, 1] clean image in float64, not clipped and not quantized unless
-``clip`` / ``quantize`` say so (the authors and Restormer neither clip nor quantize;
-PromptIR's uint8 pipeline does both). The noise of each image is fixed and does not
-depend on the order of the files:
+Gaussian-denoising noise (``datasets.<key>.noise``,
+``textualdeg.data.degradations.add_seeded_noise``, which validation during training uses
+too): ``LQ = GT + N(0, (sigma/255)^2)`` added to the float [0, 1] clean image in float64,
+not clipped and not quantized unless ``clip`` / ``quantize`` say so (the authors and
+Restormer neither clip nor quantize; PromptIR's uint8 pipeline does both). The noise of
+each image is fixed and does not depend on the order of the files:
 
 - ``seed_mode: stem`` (default): the generator is seeded from (``seed``, CRC-32 of the
   file stem, sigma), so every image gets its own noise, identical from run to run;
@@ -45,7 +48,7 @@ import io
 import json
 import math
 import time
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +59,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import textualdeg
-from textualdeg.checkpoint import load_network_weights
-from textualdeg.data.paired import format_unmatched, match_ref, pair_folders
+from textualdeg.data.degradations import NOISE_CHANNEL_ORDERS, NOISE_SEED_MODES, add_seeded_noise
+from textualdeg.data.pairing import format_unmatched, match_ref, pair_folders
 from textualdeg.fileio import atomic_write_text
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
-from textualdeg.log import get_logger
-from textualdeg.metrics import PRESETS, Protocol, compute_metrics, compute_metrics_torch
+from textualdeg.log import get_logger, setup_logging
+from textualdeg.metrics import PRESETS, Protocol, score
 from textualdeg.metrics.protocol import CHANNELS, QUANTIZATIONS, SSIM_VARIANTS, Y_ROUNDINGS
-from textualdeg.options import Field, MapOf, Options, Section, save_options
-from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.inference import restore
+from textualdeg.options import Field, MapOf, Options, Section, parse_options, save_options
+from textualdeg.restoration.inference import resolve_device, restore
+from textualdeg.restoration.network import build_network, is_guided
 
 logger = get_logger(__name__)
 
@@ -95,9 +98,9 @@ NOISE_SCHEMA = Section(
     {
         "sigma": Field(float, help="noise standard deviation in 0..255 units (15, 25, 50)"),
         "seed": Field(int, 0, help="base seed of the test noise"),
-        "seed_mode": Field(str, "stem", choices=("stem", "fixed"),
+        "seed_mode": Field(str, "stem", choices=NOISE_SEED_MODES,
                            help="stem: seed from (seed, file stem, sigma) | fixed: np.random.seed(seed) per image"),
-        "channel_order": Field(str, "rgb", choices=("rgb", "bgr"),
+        "channel_order": Field(str, "rgb", choices=NOISE_CHANNEL_ORDERS,
                                help="layout of the noise array (bgr reproduces the authors' cv2 arrays)"),
         "clip": Field(bool, False, help="clip the noisy image to [0, 1]"),
         "quantize": Field(bool, False, help="round the noisy image to 8 bit (implies clip), as uint8 pipelines"),
@@ -185,44 +188,6 @@ def build_protocol(section: Options | dict | None, base: Protocol | None = None)
     return dataclasses.replace(protocol, **{k: v for k, v in values.items() if v is not None})
 
 
-def make_noise(shape: tuple[int, ...], stem: str, noise: Options | dict) -> np.ndarray:
-    """The fixed test noise of one image (float64, std sigma/255), independent of file order.
-
-    Args:
-        shape: (H, W, C) of the clean image.
-        stem: file stem of the clean image.
-        noise: a ``NOISE_SCHEMA`` section (``sigma``, ``seed``, ``seed_mode``, ``channel_order``).
-
-    Returns:
-        float64 array of ``shape``.
-    """
-    sigma, seed = float(noise["sigma"]), int(noise["seed"])
-    h, w, c = shape
-    layout = (h, w, c)
-    if noise["seed_mode"] == "fixed":
-        values = np.random.RandomState(seed).normal(0.0, sigma / 255.0, layout)  # = np.random.seed(seed); normal
-    else:
-        entropy = [seed, zlib.crc32(stem.encode("utf-8")), int(round(sigma * 1000))]
-        values = np.random.default_rng(np.random.SeedSequence(entropy)).normal(0.0, sigma / 255.0, layout)
-    if noise["channel_order"] == "bgr":
-        values = values[:, :, ::-1]  # noise drawn for a BGR array, applied to RGB channels
-    return values
-
-
-def add_test_noise(gt: np.ndarray, stem: str, noise: Options | dict) -> np.ndarray:
-    """Noisy image from a clean float [0, 1] image (H, W, C), as ``NOISE_SCHEMA`` says.
-
-    Returns:
-        float32 (H, W, C); outside [0, 1] unless ``clip`` or ``quantize``.
-    """
-    lq = gt.astype(np.float64) + make_noise(gt.shape, stem, noise)
-    if noise["clip"] or noise["quantize"]:
-        lq = np.clip(lq, 0.0, 1.0)
-    if noise["quantize"]:
-        lq = np.round(lq * 255.0) / 255.0
-    return lq.astype(np.float32)
-
-
 @dataclass(frozen=True)
 class TestItem:
     """One test image: its name and files (``lq`` None for synthetic noise)."""
@@ -260,29 +225,12 @@ def collect_items(dataset: Options | dict, key: str) -> list[TestItem]:
     return [TestItem(t.gt.stem, t.gt, None, t.ref) for t in triples]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else as ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_model(opt: Options, device: torch.device) -> nn.Module:
-    """Build ``network_g`` and load ``path.pretrain_network_g`` into it, in eval mode on ``device``."""
-    import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
-
-    model = ARCH_REGISTRY.build(opt["network_g"].to_dict())
-    load_network_weights(model, opt.path.pretrain_network_g, strict=opt.path.strict_load_g,
-                         param_key=opt.path.param_key_g)
-    return model.eval().to(device)
 
 
 def _read(path: Path, color: str) -> np.ndarray:
@@ -293,12 +241,18 @@ def restore_item(model: nn.Module, item: TestItem, dataset: Options | dict, test
                  device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """Read (or synthesise) one LQ image and restore it.
 
+    The guidance image is read in the colour of the set (a gray set has gray guidance, as
+    the stage-4 datasets read it) and given only to a guided network.
+
     Returns:
         The output, (1, C, H, W) clamped to [0, 1] on ``device``, and the GT as float32
         (H, W, C) in [0, 1].
     """
     gt = _read(item.gt, dataset["color"])
-    lq = _read(item.lq, dataset["color"]) if item.lq is not None else add_test_noise(gt, item.name, dataset["noise"])
+    if item.lq is not None:
+        lq = _read(item.lq, dataset["color"])
+    else:
+        lq = add_seeded_noise(gt, stem=item.name, **dataset["noise"])
     if lq.shape != gt.shape:
         raise ValueError(f"LQ {item.lq} is {lq.shape[:2]} but GT {item.gt} is {gt.shape[:2]}")
     x = image_to_tensor(lq).unsqueeze(0).to(device)  # (1, C, H, W)
@@ -306,35 +260,15 @@ def restore_item(model: nn.Module, item: TestItem, dataset: Options | dict, test
     if gray_trick:
         x = x.expand(-1, 3, -1, -1)  # (1, 3, H, W)
     ref = None
-    if item.ref is not None:
-        ref = image_to_tensor(read_image(item.ref, "rgb")).unsqueeze(0).to(device)  # (1, 3, Hr, Wr)
+    if item.ref is not None and is_guided(model):
+        ref = image_to_tensor(_read(item.ref, dataset["color"])).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
+        if gray_trick:
+            ref = ref.expand(-1, 3, -1, -1)  # (1, 3, Hr, Wr)
     out = restore(model, x, ref=ref, tile=test["tile"], tile_overlap=test["tile_overlap"],
                   self_ensemble=test["self_ensemble"])
     if gray_trick:
         out = out.mean(dim=1, keepdim=True)  # (1, 1, H, W)
     return out.float().clamp(0.0, 1.0), gt
-
-
-def score(out: torch.Tensor, gt: np.ndarray, protocol: Protocol | str) -> dict[str, float]:
-    """PSNR/SSIM of one output under ``protocol``.
-
-    On CPU the numpy reference computes them; on a GPU the batched torch metrics do (same
-    definitions in float64, equal to about 1e-12), since the numpy 3-D SSIM of a 720p
-    frame takes longer than the inference.
-
-    Args:
-        out (torch.Tensor): (1, C, H, W) output in [0, 1], on any device.
-        gt (np.ndarray): (H, W, C) float32 ground truth in [0, 1].
-        protocol (Protocol | str): the protocol or a preset name.
-
-    Returns:
-        ``{"psnr": float, "ssim": float}``.
-    """
-    if out.device.type == "cpu":
-        return compute_metrics(tensor_to_image(out[0]), gt, protocol)
-    target = image_to_tensor(gt).unsqueeze(0).to(out.device)  # (1, C, H, W)
-    values = compute_metrics_torch(out, target, protocol)
-    return {k: float(v[0]) for k, v in values.items()}
 
 
 @dataclass
@@ -367,7 +301,7 @@ def evaluate_dataset(model: nn.Module, key: str, dataset: Options, protocol: Pro
     for item in bar:
         start = time.perf_counter()
         out, gt = restore_item(model, item, dataset, test, device)
-        scores = score(out, gt, protocol)
+        scores = score(out, image_to_tensor(gt), protocol)
         rows.append({"image": item.name, "psnr": scores["psnr"], "ssim": scores["ssim"],
                      "height": gt.shape[0], "width": gt.shape[1], "seconds": round(time.perf_counter() - start, 4),
                      "lq": str(item.lq) if item.lq is not None else "", "gt": str(item.gt),
@@ -440,19 +374,27 @@ def evaluate(opt: Options) -> dict[str, Any]:
         "per_image": [...]}}, "options", "environment"}``.
 
     Raises:
-        ValueError: unmatched files (all listed), a missing task option, mismatched sizes.
+        ValueError: unmatched files (all listed), a missing task option, mismatched sizes,
+            an unavailable ``test.device``, a guided network without ``dataroot_ref``.
+        textualdeg.checkpoint.CheckpointError: a weight file that is missing, unreadable or
+            does not fit ``network_g``.
     """
     if not opt.datasets:
         raise ValueError("datasets: at least one test set is required")
+    device = resolve_device(opt.test.device, "test.device")
     out_dir = Path(opt.path.results_root or Path("results") / opt.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_options(opt, out_dir / "options.yml")
-    device = resolve_device(opt.test.device)
     default_protocol = build_protocol(opt.metrics)
     # check every test set's files before spending time on the model
     for key, dataset in opt.datasets.items():
         collect_items(dataset, key)
-    model = load_model(opt, device)
+    model = build_network(opt.network_g, opt.path.pretrain_network_g, strict=opt.path.strict_load_g,
+                          param_key=opt.path.param_key_g).eval().requires_grad_(False).to(device)
+    unguided = [key for key, dataset in opt.datasets.items() if dataset["dataroot_ref"] is None]
+    if is_guided(model) and unguided:
+        raise ValueError(f"datasets.{unguided[0]}.dataroot_ref is required: {opt.network_g.type} is a guided "
+                         "network (it restores with a guidance image)")
     checkpoint = Path(opt.path.pretrain_network_g)
     results = []
     for key, dataset in opt.datasets.items():
@@ -473,6 +415,13 @@ def evaluate(opt: Options) -> dict[str, Any]:
     return record
 
 
-__all__ = ["EVALUATION_SCHEMA", "PROTOCOL_SCHEMA", "NOISE_SCHEMA", "TEST_DATASET_SCHEMA", "evaluate",
-           "DATASET_PROTOCOL_SCHEMA", "evaluate_dataset", "build_protocol", "make_noise", "add_test_noise", "collect_items", "load_model",
-           "restore_item", "score", "TestItem", "DatasetResult"]
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``textualdeg evaluate -opt FILE [--set key=value ...]``: load the options, :func:`evaluate`."""
+    setup_logging()
+    return evaluate(parse_options(argv, EVALUATION_SCHEMA, description="Stage 5: PSNR/SSIM of a restoration "
+                                                                        "checkpoint under a recorded protocol."))
+
+
+__all__ = ["main", "EVALUATION_SCHEMA", "PROTOCOL_SCHEMA", "NOISE_SCHEMA", "TEST_DATASET_SCHEMA", "evaluate",
+           "DATASET_PROTOCOL_SCHEMA", "evaluate_dataset", "build_protocol", "collect_items", "restore_item",
+           "TestItem", "DatasetResult"]

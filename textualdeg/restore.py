@@ -14,7 +14,8 @@ One command runs the two inference stages of the method on a file or a folder:
    resolved options it saved (``EXP_DIR/options.yml``, ``network_g``) and loaded with its
    trained weights (``EXP_DIR/checkpoints/``: the EMA weights when the run validated with
    them, else the plain ones; ``*_latest`` first, else the newest step), or with
-   ``--checkpoint FILE``. Each image is restored whole, or in overlapping tiles with
+   ``--checkpoint FILE``, by ``textualdeg.restoration.network.build_network`` as in
+   training and evaluation. Each image is restored whole, or in overlapping tiles with
    ``--tile`` (``textualdeg.restoration.inference.restore``), guided models receiving the
    whole guidance image, and written atomically as ``OUTPUT/<stem>.png``.
 
@@ -44,11 +45,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from textualdeg.checkpoint import load_network_weights
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
 from textualdeg.log import get_logger, setup_logging
 from textualdeg.options import Options, OptionsError, load_options, options_from_dict
-from textualdeg.registry import ARCH_REGISTRY
+from textualdeg.restoration.inference import resolve_device, restore
+from textualdeg.restoration.network import build_network, is_guided
 
 logger = get_logger(__name__)
 
@@ -168,45 +169,6 @@ def find_weights(experiment: str | Path, prefer_ema: bool = True) -> Path:
         f"{ckpt_dir}: no weight file (expected net_g_latest.safetensors, net_g_ema_latest.safetensors or "
         "net_g_<step>.safetensors); train the experiment first or pass --checkpoint FILE"
     )
-
-
-def build_network(exp_opt: Options, weights: str | Path) -> nn.Module:
-    """Rebuild ``network_g`` from the run's options and load ``weights`` (strict), in eval mode on the CPU.
-
-    Raises:
-        textualdeg.checkpoint.CheckpointError: the weight file is missing or unreadable (named).
-        RestoreError: ``network_g`` cannot be built, or the weight file (named) does not fit it.
-    """
-    import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
-
-    spec = exp_opt.network_g.to_dict()
-    if "type" not in spec:
-        raise RestoreError(f"network_g of the experiment has no 'type'; expected one of {sorted(ARCH_REGISTRY.keys())}")
-    try:
-        model = ARCH_REGISTRY.build(spec)
-    except (KeyError, TypeError, ValueError) as error:
-        raise RestoreError(f"network_g of the experiment cannot be built: {error}") from error
-    load_network_weights(model, weights, strict=True)
-    logger.info("restoration network %s loaded from %s", spec["type"], weights)
-    return model.eval().requires_grad_(False)
-
-
-def is_guided(model: nn.Module) -> bool:
-    """True when the network takes a guidance image (``model(x, ref)``)."""
-    from textualdeg.restoration.train import is_guided as _is_guided
-
-    return _is_guided(model)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise RestoreError(f"--device {name!r}: expected 'cpu' or 'cuda'")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RestoreError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,19 +337,19 @@ def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, 
         out: the output file.
         ref_path: its guidance image (None for an unguided network).
         device: where to run.
-        channels: input channels of the network (1 reads the image as gray).
+        channels: input channels of the network (1 reads the image and its guidance as
+            gray, as the stage-4 datasets do).
         tile, tile_overlap, self_ensemble: see ``textualdeg.restoration.inference.restore``.
         bit_depth: 8 or 16 bits per channel in the PNG.
 
     Returns:
         ``out``.
     """
-    from textualdeg.restoration.inference import restore
-
-    lq = image_to_tensor(read_image(src, "gray" if channels == 1 else "rgb")).unsqueeze(0).to(device)  # (1, C, H, W)
+    color = "gray" if channels == 1 else "rgb"
+    lq = image_to_tensor(read_image(src, color)).unsqueeze(0).to(device)  # (1, C, H, W)
     ref = None
     if ref_path is not None:
-        ref = image_to_tensor(read_image(ref_path, "rgb")).unsqueeze(0).to(device)  # (1, 3, Hr, Wr)
+        ref = image_to_tensor(read_image(ref_path, color)).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
     output = restore(model, lq, ref=ref, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble)
     image = tensor_to_image(output[0])  # (H, W, C) clamped to [0, 1]
     write_image(out, image[..., 0] if image.shape[-1] == 1 else image, bit_depth=bit_depth)
@@ -435,7 +397,10 @@ def restore_images(
         raise RestoreError(f"--tile-overlap {tile_overlap}: expected 0 <= overlap < tile ({tile})")
     if bit_depth not in (8, 16):
         raise RestoreError(f"--bit-depth {bit_depth}: expected 8 or 16")
-    torch_device = resolve_device(device)
+    try:
+        torch_device = resolve_device(device, "--device")
+    except ValueError as error:
+        raise RestoreError(str(error)) from error
     inputs = collect_inputs(input_path)
     output_dir = Path(output_dir)
     outputs = [output_dir / f"{src.stem}.png" for src in inputs]
@@ -447,7 +412,11 @@ def restore_images(
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such weight file")
     weights = Path(checkpoint) if checkpoint is not None else find_weights(experiment, prefer_ema=exp_opt.val.use_ema)
-    model = build_network(exp_opt, weights)
+    try:
+        model = build_network(exp_opt.network_g, weights).eval().requires_grad_(False)
+    except (KeyError, TypeError, ValueError) as error:
+        raise RestoreError(f"network_g of the experiment cannot be built: {error}") from error
+    logger.info("restoration network %s loaded from %s", exp_opt.network_g.type, weights)
     summary = RestoreSummary(weights=weights)
 
     refs: list[Path | None] = [None] * len(inputs)
@@ -533,7 +502,6 @@ __all__ = [
     "OPTIONS_NAME",
     "RestoreError",
     "RestoreSummary",
-    "build_network",
     "check_guidance_models",
     "collect_inputs",
     "find_weights",
@@ -544,7 +512,6 @@ __all__ = [
     "parse_args",
     "plan_guidance",
     "prepare_guidance",
-    "resolve_device",
     "resolve_generate_opt",
     "restore_file",
     "restore_images",

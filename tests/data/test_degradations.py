@@ -8,10 +8,12 @@ from skimage import data as skdata
 
 from textualdeg.data.degradations import (
     add_gaussian_noise,
+    add_seeded_noise,
     degrade,
     line_kernel,
     motion_blur,
     sample_sigma,
+    seeded_noise,
     synthetic_haze,
     synthetic_rain,
 )
@@ -106,3 +108,23 @@ def test_degrade_rejects_unknown_kinds(photo):
         degrade(photo, "snow", _rng())
     with pytest.raises(ValueError, match="float"):
         degrade((photo * 255).astype(np.uint8), "haze", _rng())
+
+
+def test_seeded_test_noise_does_not_depend_on_file_order_or_set(photo):
+    first = add_seeded_noise(photo, 25, stem="coffee")
+    assert first.dtype == np.float32 and first.shape == photo.shape
+    assert np.array_equal(first, add_seeded_noise(photo, 25, stem="coffee"))
+    assert not np.array_equal(first, add_seeded_noise(photo, 25, stem="astronaut"))  # per-image noise
+    assert not np.array_equal(first, add_seeded_noise(photo, 15, stem="coffee"))
+    assert abs(np.std(first - photo) * 255 - 25) < 1.0
+    # the authors' protocol: np.random.seed(0) then np.random.normal(0, sigma/255) for every image
+    np.random.seed(0)
+    expected = (photo.astype(np.float64) + np.random.normal(0, 25 / 255, photo.shape)).astype(np.float32)
+    assert np.array_equal(add_seeded_noise(photo, 25, stem="anything", seed_mode="fixed"), expected)
+    bgr = add_seeded_noise(photo, 25, seed_mode="fixed", channel_order="bgr")
+    np.testing.assert_allclose(bgr - photo, (expected - photo)[:, :, ::-1], atol=1e-6)
+    quantized = add_seeded_noise(photo, 25, stem="coffee", quantize=True)
+    assert quantized.min() >= 0 and quantized.max() <= 1
+    assert np.allclose(quantized * 255, np.round(quantized * 255), atol=1e-4)
+    with pytest.raises(ValueError, match="seed_mode"):
+        seeded_noise(photo.shape, 25, seed_mode="order")

@@ -1,6 +1,8 @@
-"""On-the-fly Gaussian denoising dataset: noise levels, the authors' validation noise, guidance."""
+"""On-the-fly Gaussian denoising dataset and the seeded validation/test noise: levels, seeding, guidance."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ import torch
 from skimage import data as skdata
 
 from textualdeg.data import GaussianDenoisingRefDataset
-from textualdeg.imageio import write_image
+from textualdeg.data.degradations import add_seeded_noise
+from textualdeg.imageio import read_image, write_image
 from textualdeg.registry import DATASET_REGISTRY
 
 
@@ -49,14 +52,28 @@ def test_blind_range_draws_different_levels(clean_folder):
     assert all(0 <= float(ds[i]["lq"].min()) and float(ds[i]["lq"].max()) <= 1 for i in range(len(ds)))
 
 
-def test_validation_noise_is_the_authors_seeded_noise(clean_folder):
+def test_validation_noise_is_the_evaluation_noise_of_each_stem(clean_folder):
     ds = GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), phase="val", sigma_test=50)
+    for i in range(len(ds)):
+        item = ds[i]
+        gt = read_image(item["gt_path"])
+        expected = add_seeded_noise(gt, 50, stem=Path(item["gt_path"]).stem)  # evaluation's default noise
+        assert np.array_equal(item["lq"].permute(1, 2, 0).numpy(), expected)
+        torch.testing.assert_close(ds[i]["lq"], item["lq"], atol=0, rtol=0)  # the same every time
+    noise = [(ds[i]["lq"] - ds[i]["gt"])[:, :16, :16] for i in range(len(ds))]
+    assert not torch.equal(noise[0], noise[1])  # every image its own noise
+
+
+def test_validation_noise_can_be_the_authors_seeded_noise(clean_folder):
+    ds = GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), phase="val", sigma_test=50,
+                                     val_noise_seed_mode="fixed")
     item = ds[0]
     gt = item["gt"].permute(1, 2, 0).numpy()
     np.random.seed(0)
     expected = gt + np.random.normal(0, 50 / 255.0, gt.shape)
     np.testing.assert_allclose(item["lq"].permute(1, 2, 0).numpy(), expected, atol=1e-6)
-    torch.testing.assert_close(ds[0]["lq"], item["lq"])  # the same every time
+    with pytest.raises(ValueError, match="val_noise_seed_mode"):
+        GaussianDenoisingRefDataset(dataroot_gt=str(clean_folder / "gt"), val_noise_seed_mode="order")
 
 
 def test_gray_noise_is_one_channel_or_replicated_for_a_three_channel_network(clean_folder):

@@ -11,7 +11,7 @@ import torch
 from skimage import data as skdata
 
 from textualdeg.data import PairedDehazeRefDataset, PairedImageRefDataset, build_dataset, pair_folders
-from textualdeg.data.paired import GuidedDatasetBase
+from textualdeg.data.guided_base import GuidedDatasetBase
 from textualdeg.imageio import ImageReadError, write_image
 from textualdeg.registry import DATASET_REGISTRY
 from textualdeg.restoration.dino_window import DinoWindowSelector
@@ -97,7 +97,7 @@ def test_corrupt_image_raises_or_is_skipped(tmp_path, caplog):
     with pytest.raises(ImageReadError, match="b.png"):
         strict[1]
     lenient = _dataset(root, gt_size=32, skip_bad_images=True)
-    with caplog.at_level(logging.WARNING, logger="textualdeg.data.paired"):
+    with caplog.at_level(logging.WARNING, logger="textualdeg.data.guided_base"):
         item = lenient[1]
     assert Path(item["gt_path"]).stem == "c"  # the next readable item
     assert any("b.png" in r.getMessage() for r in caplog.records)

@@ -18,7 +18,13 @@ import yaml
 from textualdeg.checkpoint import load_weights
 from textualdeg.guidance.mappers import is_residual_tr_file
 from textualdeg.guidance.schema import I2T_SCHEMA, TR_SCHEMA
-from textualdeg.guidance.train import build_dataset, build_optimizer, build_training_model, step_generator, training_step
+from textualdeg.guidance.train import (
+    build_mapper_dataset,
+    build_optimizer,
+    build_training_model,
+    step_generator,
+    training_step,
+)
 from textualdeg.imageio import read_image, write_image
 from textualdeg.options import options_from_dict
 
@@ -168,7 +174,7 @@ def test_stage1_loss_goes_down_on_a_fixed_batch(tiny_paths, data_root, tmp_path)
     opt = options_from_dict(_options(tiny_paths, data_root, tmp_path / "fit", "i2t"), I2T_SCHEMA)
     torch.manual_seed(0)
     model = build_training_model(opt, "i2t")
-    dataset = build_dataset(opt, "i2t")
+    dataset = build_mapper_dataset(opt, "i2t")
     batch = {k: torch.stack([dataset[(0, i)][k] for i in range(2)]) for k in ("target", "clip_input")}
     optimizer = build_optimizer(model, opt, lr=1e-3)
 

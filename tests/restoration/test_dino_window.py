@@ -73,6 +73,23 @@ def test_a_reference_smaller_than_the_window_is_enlarged():
         DinoWindowSelector(_pool_features)(lq, ref[:, :2])
 
 
+
+def test_shared_selector_loads_once_per_weights_path(monkeypatch):
+    from textualdeg.restoration import dino_window
+
+    loads = []
+
+    def fake_from_pretrained(path, device="cpu"):
+        loads.append((path, device))
+        return DinoWindowSelector(_pool_features)
+
+    monkeypatch.setattr(dino_window, "_SHARED_SELECTORS", {})
+    monkeypatch.setattr(DinoWindowSelector, "from_pretrained", staticmethod(fake_from_pretrained))
+    first = dino_window.shared_selector("dino_a")
+    assert dino_window.shared_selector("dino_a") is first
+    assert dino_window.shared_selector("dino_b") is not first
+    assert loads == [("dino_a", "cpu"), ("dino_b", "cpu")]
+
 def test_importing_restoration_does_not_import_transformers():
     code = ("import sys, textualdeg.restoration, textualdeg.restoration.dino_window, textualdeg.data; "
             "sys.exit(int('transformers' in sys.modules))")

@@ -1,4 +1,4 @@
-"""restore(): padding, tiled inference equal to untiled for local models, x8 self-ensemble."""
+"""restore(): padding, tiled inference equal to untiled for local models, x8 self-ensemble; resolve_device()."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from textualdeg.restoration.inference import pad_to_multiple, restore
+from textualdeg.restoration.inference import pad_to_multiple, resolve_device, restore
 
 
 class LocalNet(nn.Module):
@@ -153,3 +153,14 @@ def test_bad_arguments(photo_batch):
         restore(model, photo_batch[0])
     with pytest.raises(ValueError, match="ref"):
         restore(model, photo_batch, ref=torch.rand(1, 3, 8, 8))
+
+
+def test_resolve_device():
+    auto = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device() == resolve_device(None) == resolve_device("auto") == auto
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"test\.device 'gpu0': expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0", "test.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"--device 'cuda:1': no CUDA device is available"):
+            resolve_device("cuda:1", "--device")

@@ -24,7 +24,7 @@ from textualdeg.metrics import Protocol, psnr
 from textualdeg.options import load_options
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.schema import RESTORATION_SCHEMA
-from textualdeg.restoration.train import EpochSampler, build_dataset, train
+from textualdeg.restoration.train import EpochSampler, build_restoration_dataset, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_data import make_tiny_folders, tiny_overrides  # noqa: E402
@@ -64,7 +64,7 @@ def test_training_raises_val_psnr_3db_above_noisy_input(folders, tmp_path):
     assert list((exp / "logs").glob("tiny_cpu/events.out.tfevents.*"))  # TensorBoard scalars
     record = [json.loads(line) for line in (exp / "logs" / "val_metrics.jsonl").read_text().splitlines()]
     assert record[-1]["step"] == 120 and record[-1]["dataset"] == "tiny_val"
-    val_set = build_dataset(opt.datasets["val"], "val", "tiny_val", opt.manual_seed)
+    val_set = build_restoration_dataset(opt.datasets["val"], "val", "tiny_val", opt.manual_seed)
     protocol = Protocol(channels="rgb", crop_border=0, ssim_variant="gaussian3d", quantize="uint8")
     noisy = np.mean([psnr(val_set[i]["lq"].permute(1, 2, 0).numpy(), val_set[i]["gt"].permute(1, 2, 0).numpy(),
                           protocol).value for i in range(len(val_set))])
@@ -249,3 +249,79 @@ def test_script_main_trains_then_resumes_step_lr_and_optimizer_state(folders, tm
     assert scheduler["last_epoch"] == 4
     assert all(int(s["step"]) == 4 for s in optimizer["state"].values())
     assert [g["lr"] for g in optimizer["param_groups"]] == pytest.approx(scheduler["_last_lr"])
+
+
+def _val_steps(exp: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (exp / "logs" / "val_metrics.jsonl").read_text().splitlines()]
+
+
+def test_validation_killed_after_the_save_is_redone_by_the_resumed_run(folders, tmp_path, monkeypatch):
+    import textualdeg.restoration.train as stage4
+
+    exp = tmp_path / "run"
+    extra = ["train.total_iter=6", "train.scheduler.periods=[6]", "logger.save_checkpoint_freq=2", "val.val_freq=2"]
+    real_validate = stage4.validate
+
+    def killed_at_4(model, val_sets, opt, step, *args):
+        if step == 4:
+            raise KeyboardInterrupt("killed inside the validation of step 4")
+        return real_validate(model, val_sets, opt, step, *args)
+
+    monkeypatch.setattr(stage4, "validate", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(_opt(folders, exp, *extra))
+    assert StateCheckpointer(exp / "state").latest().name == "step_00000004" and _val_steps(exp) == [2]
+    monkeypatch.setattr(stage4, "validate", real_validate)
+    train(_opt(folders, exp, *extra))
+    assert _val_steps(exp) == [2, 4, 6]
+    assert "validating step 4 first" in (exp / "logs" / "train.log").read_text()
+    assert len(list((exp / "visualization" / "tiny_val").glob("*_4.png"))) == 2
+
+
+def test_auto_resume_follows_the_branch_that_ran_last_and_every_start_is_recorded(folders, tmp_path):
+    exp = tmp_path / "run"
+    common = ["train.scheduler.periods=[6]", "logger.save_checkpoint_freq=2", "logger.keep_last_states=4",
+              "val.val_freq=100"]
+    train(_opt(folders, exp, "train.total_iter=6", *common))  # states 2, 4, 6
+    # a branch from step 2 with changed options, stopped at step 3
+    train(_opt(folders, exp, "train.total_iter=3", "logger.print_freq=1", *common,
+               f"path.resume_state={exp / 'state' / 'step_00000002'}"))
+    train(_opt(folders, exp, "train.total_iter=6", *common))  # auto-resume: step 3 of the branch, not step 6
+    log = (exp / "logs" / "train.log").read_text()
+    assert "resumed training state of step 3 from" in log
+    assert "states of other lineages, left alone: step_00000004, step_00000006" in log
+    starts = [json.loads(line) for line in (exp / "starts.jsonl").read_text().splitlines()]
+    assert [(s["start"], s["step"], s["resumed"] and s["resumed"]["start"]) for s in starts] == [
+        (1, 0, None), (2, 2, 1), (3, 3, 2)]
+    assert starts[1]["reason"].startswith("path.resume_state=")
+    assert starts[2]["reason"] == ("auto_resume: the newest usable state of the lineage of the last start "
+                                   "(start 2, start 1 up to step 2)")
+    assert load_options(exp / starts[1]["options"], RESTORATION_SCHEMA).logger.print_freq == 1
+    assert load_options(exp / "options.yml", RESTORATION_SCHEMA).logger.print_freq == 50
+    from textualdeg.checkpoint import read_state_info
+
+    assert [read_state_info(exp / "state" / f"step_0000000{s}")["start"] for s in (2, 3, 4, 6)] == [1, 2, 3, 3]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(folders, tmp_path):
+    import signal
+    import socket
+
+    from textualdeg.experiment import ExperimentLocked
+
+    exp = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from textualdeg.experiment import ExperimentLock; "
+         "ExperimentLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)", str(exp)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ExperimentLocked, match=rf"in use by another run \(pid {holder.pid} on host "
+                                                   rf"{socket.gethostname()}, started "):
+            train(_opt(folders, exp, "train.total_iter=2"))
+        assert not (exp / "logs").exists() and not (exp / "state").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    train(_opt(folders, exp, "train.total_iter=2", "val.val_freq=100"))  # the killed holder's lock is gone
+    assert (exp / "checkpoints" / "net_g_latest.safetensors").is_file()

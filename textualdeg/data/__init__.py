@@ -15,12 +15,8 @@ from typing import Any, Mapping
 
 from textualdeg.data.mixture import AllInOneRefDataset, MixtureDataset
 from textualdeg.data.noise import GaussianDenoisingRefDataset
-from textualdeg.data.paired import (
-    PairedDehazeRefDataset,
-    PairedDualPixelRefDataset,
-    PairedImageRefDataset,
-    pair_folders,
-)
+from textualdeg.data.paired import PairedDehazeRefDataset, PairedDualPixelRefDataset, PairedImageRefDataset
+from textualdeg.data.pairing import pair_folders
 from textualdeg.data.progressive import ProgressiveSchedule, crop_batch
 from textualdeg.registry import DATASET_REGISTRY
 

@@ -1,12 +1,17 @@
 """Synthetic degradations: Gaussian noise, motion blur, haze and rain streaks.
 
 These make on-the-fly training pairs (denoising) and the demo dataset. Every
-function takes a float32 (H, W, C) image in [0, 1] and a ``numpy.random.Generator`` and
-returns a new float32 (H, W, C) image; the input is never modified. Randomness comes only
-from the generator, so a degradation is reproducible from its seed.
+function takes a float32 (H, W, C) image in [0, 1] and a ``numpy.random.Generator``
+(``add_seeded_noise``: a seed and the file stem) and returns a new float32 (H, W, C) image;
+the input is never modified. Randomness comes only from the generator, so a degradation is
+reproducible from its seed.
 
 - ``add_gaussian_noise``: the authors' denoising noise, ``x + N(0, (sigma/255)^2)``, not
   clipped unless asked (Dataset_GaussianDenoisingWithRef adds it unclipped).
+- ``add_seeded_noise``: the same noise for validation and test sets, fixed per image:
+  seeded from (seed, file stem, sigma), or ``np.random.seed(seed)`` before every image as
+  the authors' scripts. Validation (``GaussianDenoisingRefDataset``) and stage-5
+  evaluation both call it, so they score the same noisy images.
 - ``motion_blur``: convolution with an anti-aliased straight line kernel of random angle
   and length (camera shake along one direction).
 - ``synthetic_haze``: the atmospheric scattering model ``I = J t + A (1 - t)`` with
@@ -22,6 +27,7 @@ Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Callable, Sequence
 
 import cv2
@@ -30,6 +36,10 @@ import numpy as np
 from textualdeg.data.transforms import as_hwc
 
 SIGMA_TYPES = ("constant", "random", "choice")
+#: How the noise of a validation/test image is seeded (see :func:`seeded_noise`).
+NOISE_SEED_MODES = ("stem", "fixed")
+#: Layout of the noise array: ``bgr`` lays it out as the authors' scripts drew it on cv2 arrays.
+NOISE_CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -95,6 +105,65 @@ def add_gaussian_noise(
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     noisy = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma / 255.0)
     return np.clip(noisy, 0.0, 1.0) if clip else noisy
+
+
+def seeded_noise(shape: tuple[int, int, int], sigma: float, stem: str = "", seed: int = 0,
+                 seed_mode: str = "stem", channel_order: str = "rgb") -> np.ndarray:
+    """The fixed noise of one validation/test image, independent of the order of the files.
+
+    Args:
+        shape (tuple[int, int, int]): (H, W, C) of the clean image.
+        sigma (float): standard deviation in [0, 255] units.
+        stem (str): file stem of the clean image (``seed_mode="stem"``).
+        seed (int): base seed.
+        seed_mode (str): ``stem``: a generator seeded from (``seed``, CRC-32 of ``stem``,
+            ``sigma``), so every image gets its own noise, the same in every run;
+            ``fixed``: ``np.random.seed(seed)`` before every image, as the authors' and
+            Restormer's test scripts (every image of one size gets the same noise).
+        channel_order (str): ``rgb``, or ``bgr`` to draw the noise for a BGR array and
+            apply it to the RGB channels, as the authors' cv2 scripts did.
+
+    Returns:
+        float64 (H, W, C) array of N(0, (sigma/255)^2) values.
+    """
+    if seed_mode not in NOISE_SEED_MODES:
+        raise ValueError(f"seed_mode must be one of {NOISE_SEED_MODES}, got {seed_mode!r}")
+    if channel_order not in NOISE_CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {NOISE_CHANNEL_ORDERS}, got {channel_order!r}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    h, w, c = shape
+    if seed_mode == "fixed":
+        values = np.random.RandomState(seed).normal(0.0, sigma / 255.0, (h, w, c))  # = np.random.seed(seed); normal
+    else:
+        entropy = [int(seed), zlib.crc32(stem.encode("utf-8")), int(round(sigma * 1000))]
+        values = np.random.default_rng(np.random.SeedSequence(entropy)).normal(0.0, sigma / 255.0, (h, w, c))
+    if channel_order == "bgr":
+        values = values[:, :, ::-1]  # noise drawn for a BGR array, applied to RGB channels
+    return values
+
+
+def add_seeded_noise(image: np.ndarray, sigma: float, stem: str = "", seed: int = 0, seed_mode: str = "stem",
+                     channel_order: str = "rgb", clip: bool = False, quantize: bool = False) -> np.ndarray:
+    """Noisy validation/test image: ``image + seeded_noise(...)`` in float64.
+
+    Args:
+        image (np.ndarray): (H, W, C) clean image, float in [0, 1].
+        sigma, stem, seed, seed_mode, channel_order: see :func:`seeded_noise`.
+        clip (bool): clip the result to [0, 1] (the authors and Restormer do not).
+        quantize (bool): round the result to 8 bit (implies ``clip``), as uint8 pipelines
+            such as PromptIR's.
+
+    Returns:
+        (H, W, C) float32; outside [0, 1] unless ``clip`` or ``quantize``.
+    """
+    image = _check_image(image)
+    noisy = image.astype(np.float64) + seeded_noise(image.shape, sigma, stem, seed, seed_mode, channel_order)
+    if clip or quantize:
+        noisy = np.clip(noisy, 0.0, 1.0)
+    if quantize:
+        noisy = np.round(noisy * 255.0) / 255.0
+    return noisy.astype(np.float32)
 
 
 def line_kernel(size: int, angle: float, length: float | None = None) -> np.ndarray:
@@ -278,13 +347,17 @@ def degrade(image: np.ndarray, kind: str, rng: np.random.Generator, **kwargs: ob
 
 __all__ = [
     "DEGRADATIONS",
+    "NOISE_CHANNEL_ORDERS",
+    "NOISE_SEED_MODES",
     "SIGMA_TYPES",
     "add_gaussian_noise",
+    "add_seeded_noise",
     "degrade",
     "depth_proxy",
     "line_kernel",
     "motion_blur",
     "sample_sigma",
+    "seeded_noise",
     "synthetic_haze",
     "synthetic_rain",
 ]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from textualdeg.data.degradations import add_gaussian_noise
-from textualdeg.data.paired import pair_folders
+from textualdeg.data.pairing import pair_folders
 from textualdeg.data.sampling import DataPosition, EpochSampler
 from textualdeg.data.transforms import make_rng
 from textualdeg.imageio import image_to_tensor, list_images, read_image

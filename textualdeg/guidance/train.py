@@ -2,13 +2,13 @@
 
 ``train_mapper(opt, stage)`` runs one stage from an option file validated by
 ``schema.I2T_SCHEMA`` or ``schema.TR_SCHEMA``, in the order of diffusers' training
-scripts: Accelerator with ``ProjectConfiguration`` -> logging -> seed
--> frozen models from their folders -> ``requires_grad_(False)`` -> trainable parts
-(``build_training_model``) -> AdamW over the trainable parameters only -> lr schedule ->
-data -> ``accelerator.prepare`` -> frozen parts cast to the mixed-precision dtype -> one
-"Running training" block -> resume -> the step loop (checkpoint, validation and step
-count gated on ``accelerator.sync_gradients``) -> final weights on the main process ->
-``end_training``.
+scripts, on the engine (``textualdeg.engine.Run``): run folder, accelerator, lock,
+logging and seed -> frozen models from their folders -> ``requires_grad_(False)`` ->
+trainable parts (``build_training_model``) -> AdamW over the trainable parameters only ->
+lr schedule -> data -> ``accelerator.prepare`` -> frozen parts cast to the mixed-precision
+dtype -> one "Running training" block -> trackers and resume (``Run.begin``) -> the step loop
+(``Run.loop``: checkpoint, validation and step count gated on ``accelerator.sync_gradients``)
+-> final weights on the main process -> ``end_training``.
 
 * Stage 1 trains the ``ImageToTextMapper`` and the global K/V projections of every
   cross-attention layer (installed by ``processors.install_global_kv``, initialised from
@@ -25,11 +25,14 @@ equals the authors' per-micro-batch stepping with warm-up x accumulation.
 
 Run folder ``experiments/<name>/`` (or ``path.experiments_root``)::
 
-    options.yml                     the resolved options
+    options.yml                     the resolved options of the newest start
+    starts.jsonl, starts/           every (re)start, the state it resumed and why, its options
+    run.lock                        held by the running process (a second run is refused)
     checkpoints/i2t_mapper.safetensors + i2t_mapper.json   (stage 1: mapper + global K/V)
     checkpoints/tr_mapper.safetensors  + tr_mapper.json    (stage 2)
     state/step_XXXXXXXX/            full training states (textualdeg.checkpoint.StateCheckpointer)
-    logs/                           train.log and TensorBoard (train/loss, train/lr)
+    logs/                           train.log, val_metrics.jsonl (one line per validation)
+                                    and TensorBoard (train/loss, train/lr; the options as hparams)
     visualization/step_XXXXXXXX.png validation rows: [input |] generated | target
 
 Exact resume: weights (mapper and global K/V), optimizer, schedule, step, RNG and the data
@@ -53,7 +56,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +67,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from textualdeg.checkpoint import StateCheckpointer
+from textualdeg.engine import Run, Schedule, StepFn, ValidateFn, build_trackers
 from textualdeg.fileio import atomic_write_text
-from textualdeg.guidance.data import CleanImageDataset, DataPosition, EpochSampler, TaskPairDataset
+from textualdeg.guidance.data import CleanImageDataset, EpochSampler, TaskPairDataset
 from textualdeg.guidance.injection import InjectionPrompt, build_injection_prompt, encode_injected
 from textualdeg.guidance.mappers import (
     ImageToTextMapper,
@@ -86,51 +88,14 @@ from textualdeg.guidance.pipeline import GuidancePipeline, encode_latents
 from textualdeg.guidance.processors import global_kv_state_dict, install_global_kv, load_global_kv
 from textualdeg.guidance.schema import I2T_SCHEMA, TR_SCHEMA
 from textualdeg.imageio import read_image, write_image
-from textualdeg.log import get_logger, setup_logging
-from textualdeg.options import Options, parse_options, save_options
+from textualdeg.log import get_logger
+from textualdeg.options import Options, parse_options
 
 logger = get_logger(__name__)
 
 STAGES = ("i2t", "tr")
 _WEIGHTS_NAME = {"i2t": "i2t_mapper", "tr": "tr_mapper"}
 _WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ---------------------------------------------------------------------------------------
-# run folder, accelerator
-
-
-def experiment_dir(opt: Options) -> Path:
-    """``path.experiments_root`` or ``experiments/<name>`` (relative to the working folder)."""
-    root = opt.path.experiments_root
-    return Path(root) if root else Path("experiments") / opt.name
-
-
-def build_accelerator(opt: Options, exp_dir: Path) -> Any:
-    """An ``Accelerator`` with gradient accumulation, mixed precision and TensorBoard in ``exp_dir/logs``.
-
-    Multi-process runs without a GPU use gloo on the CPU (accelerate would otherwise run
-    each process alone; docs/ecosystem_notes.md). The scheduler is stepped by the loop once per
-    optimizer step (``step_scheduler_with_optimizer=False``), whatever the process count.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(
-        cpu=world_size > 1 and not torch.cuda.is_available(),
-        gradient_accumulation_steps=opt.train.gradient_accumulation_steps,
-        mixed_precision=opt.train.mixed_precision,
-        log_with="tensorboard" if opt.train.use_tb_logger else None,
-        project_config=ProjectConfiguration(project_dir=str(exp_dir), logging_dir=str(exp_dir / "logs")),
-        step_scheduler_with_optimizer=False,
-    )
-    if world_size > 1 and accelerator.num_processes != world_size:
-        raise RuntimeError(
-            f"WORLD_SIZE={world_size} but accelerate runs {accelerator.num_processes} process(es); "
-            "on CPU set ACCELERATE_USE_CPU=1 (see configs/accelerate/cpu_2proc.yaml)"
-        )
-    return accelerator
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,8 +291,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, opt: Options) -> Any:
     )
 
 
-def build_dataset(opt: Options, stage: str) -> Dataset:
-    """The stage's training dataset from ``datasets.train``."""
+def build_mapper_dataset(opt: Options, stage: str) -> Dataset:
+    """The training dataset of the stage's mapper from ``datasets.train``."""
     if "train" not in opt.datasets:
         raise ValueError(f"datasets needs a 'train' entry; got {sorted(opt.datasets)}")
     ds = opt.datasets["train"]
@@ -496,113 +461,74 @@ def train_mapper(opt: Options, stage: str) -> Path:
 
     Returns:
         The final weight file ``experiments/<name>/checkpoints/<i2t|tr>_mapper.safetensors``.
-    """
-    from accelerate.utils import set_seed
 
+    Raises:
+        textualdeg.experiment.ExperimentLocked: another run is using the run folder.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
-    exp_dir = experiment_dir(opt)
-    accelerator = build_accelerator(opt, exp_dir)
-    setup_logging(exp_dir / "logs" / "train.log", is_main_process=accelerator.is_main_process)
-    set_seed(opt.manual_seed)
-    if accelerator.is_main_process:
-        save_options(opt, exp_dir / "options.yml")
+    t = opt.train
+    with Run.open(opt, log_with=build_trackers(t.use_tb_logger),
+                  gradient_accumulation_steps=t.gradient_accumulation_steps) as run:
+        accelerator = run.accelerator
+        model = build_training_model(opt, stage)
+        if t.gradient_checkpointing:
+            model.frozen.sd.unet.enable_gradient_checkpointing()
+        lr = learning_rate(opt, accelerator.num_processes)
+        optimizer = build_optimizer(model, opt, lr)
+        lr_scheduler = build_lr_scheduler(optimizer, opt)
+        dataset = build_mapper_dataset(opt, stage)
+        loader = build_train_loader(opt, dataset, accelerator.num_processes)
 
-    model = build_training_model(opt, stage)
-    if opt.train.gradient_checkpointing:
-        model.frozen.sd.unet.enable_gradient_checkpointing()
-    lr = learning_rate(opt, accelerator.num_processes)
-    optimizer = build_optimizer(model, opt, lr)
-    lr_scheduler = build_lr_scheduler(optimizer, opt)
-    dataset = build_dataset(opt, stage)
-    loader = build_train_loader(opt, dataset, accelerator.num_processes)
+        model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+        cast_frozen(accelerator.unwrap_model(model), accelerator.device, _WEIGHT_DTYPES[accelerator.mixed_precision])
+        _log_running_block(opt, accelerator, dataset, loader, model, lr)
+        run.begin(f"{stage}_mapping", keep_last=t.checkpoints_total_limit, weight_prefixes=(_WEIGHTS_NAME[stage],))
 
-    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    weight_dtype = _WEIGHT_DTYPES[accelerator.mixed_precision]
-    cast_frozen(accelerator.unwrap_model(model), accelerator.device, weight_dtype)
-    position = DataPosition()
-    if accelerator.is_main_process:
-        accelerator.init_trackers(f"{stage}_mapping")
-    _log_running_block(opt, accelerator, dataset, loader, model, lr)
-
-    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.train.checkpoints_total_limit,
-                                     weights_dir=exp_dir / "checkpoints", weight_prefixes=(_WEIGHTS_NAME[stage],))
-    checkpointer.register("position", position)
-    step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
-    try:
-        step = _run_loop(opt, stage, accelerator, model, optimizer, lr_scheduler, loader, dataset, position,
-                         checkpointer, exp_dir, step)
+        run.loop(loader, lr_scheduler, _step_function(opt, accelerator, model, optimizer),
+                 Schedule(t.max_train_steps, t.log_steps, t.checkpointing_steps, opt.val.validation_steps),
+                 validate=_validation(opt, accelerator, model, dataset, run.exp_dir), desc=f"{stage} mapper")
         accelerator.wait_for_everyone()
-        path = exp_dir / "checkpoints" / f"{_WEIGHTS_NAME[stage]}.safetensors"
+        path = run.exp_dir / "checkpoints" / f"{_WEIGHTS_NAME[stage]}.safetensors"
         if accelerator.is_main_process:
-            save_final_weights(accelerator.unwrap_model(model), opt, stage, step, exp_dir / "checkpoints")
+            save_final_weights(accelerator.unwrap_model(model), opt, stage, run.step, run.exp_dir / "checkpoints")
         accelerator.wait_for_everyone()
-    finally:
-        accelerator.end_training()
     return path
 
 
-def _run_loop(opt, stage, accelerator, model, optimizer, lr_scheduler, loader, dataset, position, checkpointer,
-              exp_dir, step) -> int:
-    """Epochs of micro-batches; logging, checkpoints and validation on optimizer steps. Returns the last step."""
-    from accelerate import skip_first_batches
-    from tqdm.auto import tqdm
-
-    t, val = opt.train, opt.val
+def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> StepFn:
+    """One micro-batch of ``train_mapper``: seeded noise, ``training_step``, backward, clip and optimizer step."""
     frozen = accelerator.unwrap_model(model).frozen
     trained = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(total=t.max_train_steps, initial=step, desc=f"{stage} mapper",
-                    disable=not accelerator.is_local_main_process)
-    running, running_n, micro, last_saved = torch.zeros((), device=accelerator.device), 0, 0, step
-    while step < t.max_train_steps:
-        loader.set_epoch(position.epoch)
-        epoch_loader = skip_first_batches(loader, position.batches) if position.batches else loader
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                generator = step_generator(opt.manual_seed, step, micro, accelerator.process_index, accelerator.device)
-                loss = training_step(model, frozen, batch, generator)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trained, t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            position.batches += 1
-            micro += 1
-            running, running_n = running + loss.detach(), running_n + 1
-            if not accelerator.sync_gradients:
-                continue
-            lr_scheduler.step()
-            step, micro = step + 1, 0
-            progress.update(1)
-            if accelerator.is_local_main_process:
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            if step % t.log_steps == 0 or step == t.max_train_steps:
-                mean = accelerator.reduce(running / running_n, reduction="mean").item()
-                accelerator.log({"train/loss": mean, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
-                logger.info("step %d: loss %.5f, lr %.3e", step, mean, lr_scheduler.get_last_lr()[0])
-                running, running_n = torch.zeros_like(running), 0
-            if step % t.checkpointing_steps == 0 or step == t.max_train_steps:
-                checkpointer.save(accelerator, step)
-                last_saved = step
-            if val.validation_steps > 0 and step % val.validation_steps == 0:
-                if accelerator.is_main_process:
-                    with accelerator.autocast():
-                        picture = validate(
-                            accelerator.unwrap_model(model), dataset, opt, step, exp_dir / "visualization"
-                        )
-                    logger.info("validation images of step %d: %s", step, picture)
-                    if t.use_tb_logger:
-                        image = read_image(picture)[None]  # (1, H, W, 3)
-                        accelerator.get_tracker("tensorboard").log_images({"val/images": image}, step, dataformats="NHWC")
-                accelerator.wait_for_everyone()
-            if step >= t.max_train_steps:
-                break
-        else:
-            position.epoch, position.batches = position.epoch + 1, 0
-    progress.close()
-    if last_saved != step:
-        checkpointer.save(accelerator, step)
-    return step
+    max_grad_norm = opt.train.max_grad_norm
+
+    def step_fn(batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
+        with accelerator.accumulate(model):
+            generator = step_generator(opt.manual_seed, step, micro, accelerator.process_index, accelerator.device)
+            loss = training_step(model, frozen, batch, generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trained, max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.detach()}
+
+    return step_fn
+
+
+def _validation(opt: Options, accelerator: Any, model: nn.Module, dataset: Dataset, exp_dir: Path) -> ValidateFn:
+    """``validate``: one picture per validation, logged (and shown in TensorBoard); its record names it."""
+
+    def validate_step(step: int) -> list[dict[str, Any]]:
+        with accelerator.autocast():
+            picture = validate(accelerator.unwrap_model(model), dataset, opt, step, exp_dir / "visualization")
+        logger.info("validation images of step %d: %s", step, picture)
+        if opt.train.use_tb_logger:
+            image = read_image(picture)[None]  # (1, H, W, 3)
+            accelerator.get_tracker("tensorboard").log_images({"val/images": image}, step, dataformats="NHWC")
+        return [{"images": f"visualization/{Path(picture).name}"}]
+
+    return validate_step
 
 
 # ---------------------------------------------------------------------------------------
@@ -622,9 +548,8 @@ def main_tr(argv: Sequence[str] | None = None) -> Path:
 __all__ = [
     "FrozenModels",
     "MapperTrainingModel",
-    "build_accelerator",
-    "build_dataset",
     "build_lr_scheduler",
+    "build_mapper_dataset",
     "build_optimizer",
     "build_train_loader",
     "build_training_model",

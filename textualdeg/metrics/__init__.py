@@ -8,6 +8,7 @@ Every call names a :class:`Protocol` (or a preset name) and every result carries
     from textualdeg.metrics import PRESETS, compute_metrics, psnr
     psnr(pred, gt, "matlab_y_derain").value
     compute_metrics(pred, gt, PRESETS["nafnet_gaussian3d"])  # {"psnr": ..., "ssim": ...}
+    score(output, target, "textualdeg")  # tensors on any device: numpy on CPU, torch on GPU
 
 Presets (``PRESETS``; fields explained in :mod:`textualdeg.metrics.protocol`):
 
@@ -31,7 +32,9 @@ for another crop.
 
 from textualdeg.metrics.protocol import PRESETS, MetricResult, Protocol, get_protocol, protocol_from_basicsr
 from textualdeg.metrics.psnr_ssim import compute_metrics, psnr, ssim
+from textualdeg.metrics.scoring import METRIC_TYPES, metric_kind, score
 from textualdeg.metrics.torch_metrics import compute_metrics_torch, psnr_torch, ssim_torch
 
-__all__ = ["Protocol", "MetricResult", "PRESETS", "get_protocol", "protocol_from_basicsr", "psnr", "ssim", "compute_metrics",
-           "psnr_torch", "ssim_torch", "compute_metrics_torch"]
+__all__ = ["Protocol", "MetricResult", "PRESETS", "get_protocol", "protocol_from_basicsr", "psnr", "ssim",
+           "compute_metrics", "psnr_torch", "ssim_torch", "compute_metrics_torch", "score", "metric_kind",
+           "METRIC_TYPES"]

@@ -494,6 +494,26 @@ class DinoWindowSelector:
         return self.select(lq, ref, window)[0]
 
 
+_SHARED_SELECTORS: dict[str, DinoWindowSelector] = {}  # one per weights path and process
+
+
+def shared_selector(pretrain_dino: str) -> DinoWindowSelector:
+    """The process-wide selector for ``pretrain_dino``, loaded on the CPU at the first call.
+
+    Every dataset of a process (a data-loader worker included) that crops guidance with
+    ``ref_crop: dino`` shares it, so the model is loaded once per process.
+
+    Args:
+        pretrain_dino: DINOv2 folder or torch-hub checkpoint file.
+
+    Returns:
+        The cached ``DinoWindowSelector``.
+    """
+    if pretrain_dino not in _SHARED_SELECTORS:
+        _SHARED_SELECTORS[pretrain_dino] = DinoWindowSelector.from_pretrained(pretrain_dino, device="cpu")
+    return _SHARED_SELECTORS[pretrain_dino]
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -503,5 +523,6 @@ __all__ = [
     "dinov2_config_from_hub",
     "load_dinov2",
     "save_tiny_dinov2",
+    "shared_selector",
     "window_offsets",
 ]

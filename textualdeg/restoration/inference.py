@@ -4,7 +4,10 @@ Test images (GoPro 1280x720, SIDD full frames, 4K photos) often do not fit in GP
 memory at once (Restormer #29/#104, NAFNet #11/#126, PromptIR #2). :func:`restore`
 runs a model on images of any size: it reflect-pads to the model's ``pad_multiple``,
 optionally splits the image into overlapping tiles blended with a weight ramp, and
-optionally averages the eight flip/rot90 versions (self-ensemble).
+optionally averages the eight flip/rot90 versions (self-ensemble). Validation during
+training, stage-5 evaluation and ``textualdeg restore`` all restore through it, so the
+same image and weights give the same output in all three; :func:`resolve_device` reads
+their ``device`` settings.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -16,9 +19,32 @@ import torch
 from torch import nn
 
 from textualdeg.log import get_logger
-from textualdeg.restoration.archs.layers import pad_to_multiple  # the one padding helper; re-exported
+from textualdeg.restoration.archs.backbone_base import pad_to_multiple  # the one padding helper; re-exported
 
 logger = get_logger(__name__)
+
+
+def resolve_device(name: str | None = "auto", argument: str = "device") -> torch.device:
+    """The device a ``device`` setting names.
+
+    Args:
+        name (str | None): ``auto`` or None (cuda when available, else cpu), ``cpu``,
+            ``cuda`` or ``cuda:N``.
+        argument (str): the option or flag named in error messages (``test.device``,
+            ``--device``).
+
+    Raises:
+        ValueError: not a device name, or a CUDA device when none is available.
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"{argument} {name!r}: expected auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{argument} {name!r}: no CUDA device is available (use cpu)")
+    return device
 
 
 def _pad_multiple(model: nn.Module) -> int:
@@ -173,4 +199,4 @@ def restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None = None,
     return (total / len(_ENSEMBLE)).to(lq.dtype)
 
 
-__all__ = ["pad_to_multiple", "restore"]
+__all__ = ["pad_to_multiple", "resolve_device", "restore"]

@@ -64,6 +64,9 @@ DATASET_SCHEMA = Section(
         "gray_to_rgb": Field(bool, None, help="in_ch 1: replicate gray to 3 channels (a 3-channel network, D31)"),
         "clip_noise": Field(bool, None, help="clip noisy inputs to [0, 1] (the authors do not)"),
         "val_noise_seed": Field(int, None, help="validation noise seed (default 0, as the protocols)"),
+        "val_noise_seed_mode": Field(str, None, choices=("stem", "fixed"),
+                                     help="validation noise: stem (seeded per file stem, as stage-5 evaluation; "
+                                          "default) | fixed (the authors' np.random.seed before every image)"),
         # -- all-in-one mixture (AllInOneRefDataset)
         "dataroot_denoise_gt": Field(str, None, path=True, help="all-in-one: clean images for denoising (BSD400+WED)"),
         "dataroot_denoise_ref": Field(str, None, path=True, help="all-in-one: guidance of the denoising images"),

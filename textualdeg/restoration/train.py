@@ -1,22 +1,24 @@
 """Guided restoration training (stage 4): ``train(opt)``, built on accelerate.
 
 Reads the options of ``options/train_restoration/*.yml`` (schema:
-``textualdeg.restoration.schema.RESTORATION_SCHEMA``) and runs in the diffusers order:
-Accelerator with ``ProjectConfiguration`` -> logging -> seed ->
+``textualdeg.restoration.schema.RESTORATION_SCHEMA``) and runs in the diffusers order on
+the engine (``textualdeg.engine.Run``): run folder, accelerator, lock, logging and seed ->
 network (``build_model``) -> optimizer with its own lr for the ``masa_*`` reference/fusion
-parameters (``build_optimizer``) -> lr schedule (``build_scheduler``) -> data
-(``build_train_loader``) -> ``accelerator.prepare`` -> "Running training" block ->
-resume from the newest complete state -> the step loop (``training_step``), with
-``validate`` and checkpoints every N steps -> final weights and ``end_training``.
+parameters (``build_optimizer``) -> lr schedule (``textualdeg.restoration.lr_schedulers``)
+-> data (``build_train_loader``) -> ``accelerator.prepare`` -> "Running training" block ->
+trackers and resume (``Run.begin``) -> the step loop (``Run.loop`` with ``training_step``),
+with ``validate`` and checkpoints every N steps -> final weights and ``end_training``.
 
 Every run lives in ``experiments/<name>/`` (or ``path.experiments_root``)::
 
-    options.yml        the resolved options
+    options.yml        the resolved options of the newest start
+    starts.jsonl       every (re)start: the state it resumed and why; starts/options_<n>.yml
+    run.lock           held by the running process (a second run on the folder is refused)
     checkpoints/       net_g_<step>.safetensors, net_g_ema_<step>.safetensors (rotated with the
                        states: the last logger.keep_last_states steps), *_latest
     state/             full resumable states (textualdeg.checkpoint.StateCheckpointer)
     logs/              train.log, val_metrics.jsonl and TensorBoard (train/loss, train/lr,
-                       val/psnr/<dataset>)
+                       train/lr_reference, val/psnr/<dataset>; the options as hparams)
     visualization/     <dataset>/<stem>_<step>.png: input | guidance | output | target
 
 Exact resume: the full state (weights, optimizer, scheduler, EMA, per-rank RNG, step and
@@ -48,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -61,92 +62,37 @@ from torch.utils.data import DataLoader, Dataset
 
 import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
 from textualdeg.data.sampling import DataPosition, EpochSampler, sample_seed
-from textualdeg.checkpoint import StateCheckpointer, load_network_weights, save_weights
-from textualdeg.data import ProgressiveSchedule, crop_batch
-from textualdeg.data import build_dataset as data_build_dataset
+from textualdeg.checkpoint import save_weights
+from textualdeg.data import ProgressiveSchedule, build_dataset, crop_batch
+from textualdeg.engine import Run, Schedule, StepFn, ValidateFn, build_trackers
 from textualdeg.imageio import write_image
-from textualdeg.log import get_logger, setup_logging
-from textualdeg.metrics import Protocol, psnr, ssim
-from textualdeg.options import Options, save_options
-from textualdeg.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from textualdeg.log import get_logger
+from textualdeg.metrics import Protocol, metric_kind, protocol_from_basicsr, score
+from textualdeg.options import Options
+from textualdeg.registry import LOSS_REGISTRY
 from textualdeg.restoration.ema import ModelEMA
+from textualdeg.restoration.inference import restore
 from textualdeg.restoration.losses import pixel_loss
+from textualdeg.restoration.network import REF_PREFIX, build_network, is_guided
 from textualdeg.restoration.stage_losses import StageLoss
-from textualdeg.restoration.lr_schedulers import build_scheduler as _build_lr_scheduler
+from textualdeg.restoration.lr_schedulers import build_scheduler
 
 logger = get_logger(__name__)
 
-#: Prefix of the reference-encoder and fusion parameters (the authors' names).
-REF_PREFIX = "masa_"
-_PSNR_TYPES = ("calculate_psnr", "psnr")
-_SSIM_TYPES = ("calculate_ssim", "ssim")
-
 
 # ---------------------------------------------------------------------------------------
-# run folder, accelerator
-
-
-def experiment_dir(opt: Options) -> Path:
-    """``path.experiments_root`` or ``experiments/<name>`` (relative to the working dir)."""
-    root = opt.path.experiments_root
-    return Path(root) if root else Path("experiments") / opt.name
-
-
-def build_accelerator(opt: Options, exp_dir: Path):
-    """An ``Accelerator`` logging to ``exp_dir/logs`` (TensorBoard when enabled).
-
-    Multi-process runs without a GPU use gloo on CPU (no need for ACCELERATE_USE_CPU=1):
-    without it accelerate would silently run every process alone.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    trackers = []
-    if opt.logger.use_tb_logger:
-        trackers.append("tensorboard")
-    if opt.logger.wandb.project:
-        trackers.append("wandb")
-    accelerator = Accelerator(
-        cpu=world_size > 1 and not torch.cuda.is_available(),
-        mixed_precision=opt.train.mixed_precision,
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(exp_dir), logging_dir=str(exp_dir / "logs")),
-        step_scheduler_with_optimizer=False,  # our schedule counts optimizer steps, whatever the process count
-    )
-    if world_size > 1 and accelerator.num_processes != world_size:
-        raise RuntimeError(
-            f"WORLD_SIZE={world_size} but accelerate runs {accelerator.num_processes} process(es); "
-            "on CPU set ACCELERATE_USE_CPU=1 (see configs/accelerate/cpu_2proc.yaml)"
-        )
-    return accelerator
-
-
-# ---------------------------------------------------------------------------------------
-# network, optimizer, schedule
-
-
-def is_guided(model: nn.Module) -> bool:
-    """True when ``model`` has reference/fusion (``masa_*``) parameters: ``model(x, ref)``."""
-    return any(name.startswith(REF_PREFIX) for name, _ in model.named_parameters())
+# network, optimizer
 
 
 def build_model(opt: Options) -> nn.Module:
     """Build ``network_g`` and load ``path.pretrain_network_g`` if set.
 
-    With ``strict_load_g: false`` (the authors' setting, used to start a guided network
-    from a plain backbone checkpoint) missing keys and keys of another shape are skipped
-    and counted in one log line; the fusion blocks start as identities, so the network
-    then behaves like the pretrained backbone.
+    Through ``textualdeg.restoration.network.build_network``, as evaluation and
+    ``textualdeg restore``, with ``path.strict_load_g`` and ``path.param_key_g``
+    (``strict_load_g: false`` starts a guided network from a plain backbone checkpoint).
     """
-    spec = opt.network_g.to_dict()
-    if "type" not in spec:
-        raise ValueError("network_g needs a 'type' (one of ARCH_REGISTRY.keys())")
-    model = ARCH_REGISTRY.build(spec)
-    path = opt.path.pretrain_network_g
-    if path:
-        load_network_weights(model, path, strict=opt.path.strict_load_g, param_key=opt.path.param_key_g)
-    return model
+    return build_network(opt.network_g, opt.path.pretrain_network_g, strict=opt.path.strict_load_g,
+                         param_key=opt.path.param_key_g)
 
 
 def build_optimizer(model: nn.Module, optim_opt: Options) -> torch.optim.Optimizer:
@@ -170,14 +116,6 @@ def build_optimizer(model: nn.Module, optim_opt: Options) -> torch.optim.Optimiz
     cls = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[optim_opt.type]
     return cls(groups, lr=optim_opt.lr, betas=tuple(optim_opt.betas), eps=optim_opt.eps,
                weight_decay=optim_opt.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train_opt: Options):
-    """``train.scheduler`` from SCHEDULER_REGISTRY with ``train.warmup_iter`` warm-up."""
-    spec = train_opt.scheduler.to_dict()
-    if "type" not in spec:
-        raise ValueError("train.scheduler needs a 'type' (e.g. CosineAnnealingRestartCyclicLR)")
-    return _build_lr_scheduler(optimizer, spec, warmup_iter=train_opt.warmup_iter)
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,8 +198,9 @@ class SeededDataset(Dataset):
         raise RuntimeError(f"{len(errors)} consecutive bad training samples; last: {errors[-1]}")
 
 
-def build_dataset(ds_opt: Options, phase: str, name: str, seed: int, pretrain_dino: str | None = None) -> Dataset:
-    """Instantiate one ``datasets.<key>`` entry (``textualdeg.data.build_dataset``).
+def build_restoration_dataset(ds_opt: Options, phase: str, name: str, seed: int,
+                              pretrain_dino: str | None = None) -> Dataset:
+    """Instantiate one ``datasets.<key>`` entry of a stage-4 option file (``textualdeg.data.build_dataset``).
 
     Only the keys that are set are passed (unset ones keep the class defaults), plus
     ``phase`` (train / val), ``name``, ``seed`` and, for ``ref_crop: dino``,
@@ -274,13 +213,14 @@ def build_dataset(ds_opt: Options, phase: str, name: str, seed: int, pretrain_di
         spec["ref_crop"] = "dino"  # the authors' files: DINOv2 picks the window whenever pretrain_dino is set
     if spec.get("ref_crop") == "dino" and pretrain_dino:
         extra["pretrain_dino"] = pretrain_dino
-    return data_build_dataset(spec, **extra)
+    return build_dataset(spec, **extra)
 
 
 def build_train_loader(opt: Options, num_processes: int) -> tuple[DataLoader, Dataset]:
     """The training DataLoader over ``SeededDataset`` with an ``EpochSampler`` (not yet prepared)."""
     ds_opt = opt.datasets["train"]
-    dataset = build_dataset(ds_opt, "train", ds_opt.name or "train", opt.manual_seed, opt.path.pretrain_dino)
+    dataset = build_restoration_dataset(ds_opt, "train", ds_opt.name or "train", opt.manual_seed,
+                                        opt.path.pretrain_dino)
     batch = ds_opt.batch_size_per_gpu
     sampler = EpochSampler(len(dataset), batch * num_processes, opt.manual_seed, ds_opt.use_shuffle,
                            ds_opt.dataset_enlarge_ratio)
@@ -391,8 +331,9 @@ def training_step(
 
 
 def _metric_protocol(metric: Options) -> Protocol:
-    return Protocol(channels="y" if metric.test_y_channel else "rgb", crop_border=metric.crop_border,
-                    ssim_variant=metric.ssim_variant, quantize="uint8")
+    """The protocol of one ``val.metrics`` entry (BasicSR keys, 8-bit outputs)."""
+    return protocol_from_basicsr(crop_border=metric.crop_border, test_y_channel=metric.test_y_channel,
+                                 ssim_variant=metric.ssim_variant)
 
 
 def side_by_side(lq: torch.Tensor, ref: torch.Tensor | None, out: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
@@ -425,8 +366,12 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
              vis_dir: Path | None, device: torch.device) -> dict[str, dict[str, float]]:
     """Score ``model`` on every validation set (batch 1, full images, full reference).
 
-    Runs under ``torch.no_grad()`` with the global RNG states saved and restored (seeded
-    validation noise must not shift training randomness), and puts ``train()`` back.
+    Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore``
+    (reflect padding to the model's multiple, tiles when ``val.tile`` is set), then
+    ``textualdeg.metrics.score`` on the clamped output; with the same images, noise and
+    weights the numbers equal those of ``textualdeg.evaluation``. Runs under
+    ``torch.no_grad()`` with the global RNG states saved and restored (seeded validation
+    noise must not shift training randomness), and puts ``train()`` back.
 
     Returns:
         dataset name -> metric name -> mean value.
@@ -442,16 +387,18 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
                 sums = {m: 0.0 for m in metrics}
                 for i in range(len(dataset)):
                     item = dataset[i]
-                    lq = item["lq"][None].to(device)
-                    ref = item["ref"][None].to(device) if guided else None
-                    out = _restore(model, lq, ref, opt)[0].float().clamp(0, 1).cpu()
-                    pred, gt = out.permute(1, 2, 0).numpy(), item["gt"].float().permute(1, 2, 0).numpy()
+                    lq = item["lq"][None].to(device)  # (1, C, H, W)
+                    ref = item["ref"][None].to(device) if guided else None  # (1, C, Hr, Wr)
+                    out, gt = _restore(model, lq, ref, opt).float(), item["gt"]  # (1, C, H, W), (C, H, W)
+                    if getattr(dataset, "gray_to_rgb", False):  # gray scored as gray, as evaluation's replicate_gray
+                        out, gt = out.mean(dim=1, keepdim=True), gt[:1]  # (1, 1, H, W), (1, H, W)
+                    out = out.clamp(0, 1)
                     for mname in metrics:
-                        sums[mname] += _score(metrics[mname], mname, pred, gt)
+                        sums[mname] += _score(metrics[mname], mname, out, gt)
                     if vis_dir is not None and opt.val.save_img and i < opt.val.max_vis_images:
                         stem = Path(str(item.get("lq_path", f"{i:04d}"))).stem
                         write_image(vis_dir / name / f"{stem}_{step}.png",
-                                    side_by_side(item["lq"], item.get("ref"), out, item["gt"]))
+                                    side_by_side(item["lq"], item.get("ref"), out[0], item["gt"]))
                 results[name] = {m: s / max(1, len(dataset)) for m, s in sums.items()}
     finally:
         model.train(was_training)
@@ -459,20 +406,14 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
 
 
 def _restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None, opt: Options) -> torch.Tensor:
-    if opt.val.tile:
-        from textualdeg.restoration.inference import restore
-
-        return restore(model, lq, ref=ref, tile=opt.val.tile, tile_overlap=opt.val.tile_overlap)
-    out = model(lq, ref) if ref is not None else model(lq)
-    return out[-1] if isinstance(out, (list, tuple)) else out
+    """(1, C, H, W) output of one validation image, through the inference path of evaluation."""
+    return restore(model, lq, ref=ref, tile=opt.val.tile or None, tile_overlap=opt.val.tile_overlap)
 
 
-def _score(metric: Options, name: str, pred: np.ndarray, gt: np.ndarray) -> float:
-    if metric.type in _PSNR_TYPES:
-        return float(psnr(pred, gt, _metric_protocol(metric)).value)
-    if metric.type in _SSIM_TYPES:
-        return float(ssim(pred, gt, _metric_protocol(metric)).value)
-    raise ValueError(f"val.metrics.{name}.type={metric.type!r}: expected one of {_PSNR_TYPES + _SSIM_TYPES}")
+def _score(metric: Options, name: str, pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """``val.metrics.<name>`` of one output (1, C, H, W) against its target (C, H, W)."""
+    kind = metric_kind(metric.type, f"val.metrics.{name}.type")
+    return score(pred, gt, _metric_protocol(metric), (kind,))[kind]
 
 
 # ---------------------------------------------------------------------------------------
@@ -545,145 +486,90 @@ def train(opt: Options) -> Path:
 
     Returns:
         ``experiments/<name>`` (or ``path.experiments_root``).
-    """
-    from accelerate.utils import set_seed
 
+    Raises:
+        textualdeg.experiment.ExperimentLocked: another run is using the run folder.
+    """
     if opt.train.mixing_augs.mixup:
         raise ValueError("train.mixing_augs.mixup=true is not supported (the authors never enabled it)")
     if "train" not in opt.datasets:
         raise ValueError(f"datasets needs a 'train' entry; got {sorted(opt.datasets)}")
-    exp_dir = experiment_dir(opt)
-    accelerator = build_accelerator(opt, exp_dir)
-    setup_logging(exp_dir / "logs" / "train.log", is_main_process=accelerator.is_main_process)
-    set_seed(opt.manual_seed)
-    if accelerator.is_main_process:
-        save_options(opt, exp_dir / "options.yml")
+    t, log = opt.train, opt.logger
+    trackers = build_trackers(log.use_tb_logger, log.wandb.project, log.wandb.resume_id, run_name=opt.name)
+    with Run.open(opt, log_with=trackers) as run:
+        accelerator = run.accelerator
+        model = build_model(opt)
+        optimizer = build_optimizer(model, t.optim_g)
+        scheduler = build_scheduler(optimizer, t.scheduler.to_dict(), warmup_iter=t.warmup_iter,
+                                    total_iter=t.total_iter)
+        criterion = LOSS_REGISTRY.build(t.pixel_opt.to_dict())
+        loader, train_set = build_train_loader(opt, accelerator.num_processes)
+        val_sets = {opt.datasets[k].name or k: build_restoration_dataset(opt.datasets[k], "val",
+                                                                         opt.datasets[k].name or k, opt.manual_seed)
+                    for k in opt.datasets if k.startswith("val")}
+        ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
+        guided = is_guided(model)
+        frozen = _frozen_parameters(model, t.param_fix_iterations, t.param_fix_group)
+        _check_correspondence(model, t.correspondence_opt.loss_weight)
 
-    model = build_model(opt)
-    optimizer = build_optimizer(model, opt.train.optim_g)
-    scheduler = build_scheduler(optimizer, opt.train)
-    criterion = LOSS_REGISTRY.build(opt.train.pixel_opt.to_dict())
-    loader, train_set = build_train_loader(opt, accelerator.num_processes)
-    val_sets = {opt.datasets[k].name or k: build_dataset(opt.datasets[k], "val", opt.datasets[k].name or k,
-                                                         opt.manual_seed)
-                for k in opt.datasets if k.startswith("val")}
-    ema = ModelEMA(model, opt.train.ema_decay) if opt.train.ema_decay > 0 else None
-    guided = is_guided(model)
-    frozen = _frozen_parameters(model, opt.train.param_fix_iterations, opt.train.param_fix_group)
-    _check_correspondence(model, opt.train.correspondence_opt.loss_weight)
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        criterion.to(accelerator.device)
+        if ema is not None:
+            ema.to(accelerator.device)
+        _log_running_block(opt, accelerator, train_set, loader, model, optimizer)
+        run.begin(opt.name, keep_last=log.keep_last_states, weight_prefixes=("net_g", "net_g_ema"),
+                  objects={"ema": ema} if ema is not None else None)
 
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    criterion.to(accelerator.device)
-    if ema is not None:
-        ema.to(accelerator.device)
-    position = DataPosition()
-    accelerator.init_trackers(opt.name)
-    _log_running_block(opt, accelerator, train_set, loader, model, optimizer)
+        ckpt_dir = run.exp_dir / "checkpoints"
 
-    # net_g_<step> / net_g_ema_<step> weight files are rotated with the states (keep_last_states)
-    checkpointer = StateCheckpointer(exp_dir / "state", keep_last=opt.logger.keep_last_states,
-                                     weights_dir=exp_dir / "checkpoints", weight_prefixes=("net_g", "net_g_ema"))
-    checkpointer.register("position", position)
-    if ema is not None:
-        checkpointer.register("ema", ema)
-    step = checkpointer.start_step(accelerator, opt.path.resume_state, opt.path.auto_resume)
-    try:
-        _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, ema, position,
-                  checkpointer, val_sets, guided, frozen, exp_dir, step)
-    finally:
-        accelerator.end_training()
-    return exp_dir
+        def write_weights(tag: int | str) -> None:
+            save_network_weights(accelerator.unwrap_model(model), ema, ckpt_dir, str(tag), opt)
 
-
-def _run_loop(opt, accelerator, model, optimizer, scheduler, loader, criterion, ema, position,
-              checkpointer, val_sets, guided, frozen, exp_dir, step) -> None:
-    """The step loop: epochs, data position, logging, checkpoints and validation."""
-    from accelerate import skip_first_batches
-    from tqdm.auto import tqdm
-
-    total, t_opt, log_opt = opt.train.total_iter, opt.train, opt.logger
-    clip = t_opt.grad_clip_norm if t_opt.use_grad_clip else None
-    ds_opt = opt.datasets["train"]
-    schedule = build_progressive(ds_opt)
-    progress = tqdm(total=total, initial=step, desc="train", disable=not accelerator.is_local_main_process)
-    running, running_n, last = torch.zeros((), device=accelerator.device), 0, {}
-    running_corr = torch.zeros((), device=accelerator.device)  # correspondence loss (refined path)
-    while step < total:
-        loader.set_epoch(position.epoch)
-        epoch_loader = skip_first_batches(loader, position.batches) if position.batches else loader
-        for batch in epoch_loader:
-            batch = apply_progressive(batch, schedule, opt.manual_seed, step, ds_opt.ref_crop == "dino")
-            moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
-            out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
-                                frozen if step < t_opt.param_fix_iterations else None,
-                                t_opt.correspondence_opt.loss_weight, moves)
-            scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-            step += 1
-            position.batches += 1
-            running, running_n = running + out["loss"], running_n + 1
-            if "correspondence" in out:
-                running_corr = running_corr + out["correspondence"]
-            progress.update(1)
-            if accelerator.is_local_main_process:
-                progress.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % log_opt.print_freq == 0 or step == total:
-                corr = running_corr / running_n if t_opt.correspondence_opt.loss_weight > 0 else None
-                last = _log_train(accelerator, running / running_n, scheduler, step, corr)
-                running, running_n, running_corr = torch.zeros_like(running), 0, torch.zeros_like(running_corr)
-            _maybe_save_and_validate(opt, accelerator, model, ema, checkpointer, val_sets, exp_dir, step)
-            if step >= total:
-                break
-        else:
-            position.epoch, position.batches = position.epoch + 1, 0
-    progress.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_network_weights(accelerator.unwrap_model(model), ema, exp_dir / "checkpoints", "latest", opt)
-    logger.info("training finished at step %d%s", step, f" (loss {last.get('train/loss', float('nan')):.4f})" if last else "")
-
-
-def _log_train(accelerator, mean_loss: torch.Tensor, scheduler, step: int,
-               mean_correspondence: torch.Tensor | None = None) -> dict[str, float]:
-    """Log the mean total loss (and the unweighted correspondence loss, when on) and the lrs."""
-    loss = accelerator.reduce(mean_loss.detach().clone(), reduction="mean").item()
-    lrs = scheduler.get_last_lr()
-    values = {"train/loss": loss, "train/lr": float(lrs[0])}
-    if len(lrs) > 1:
-        values["train/lr_ref"] = float(lrs[1])
-    extra = ""
-    if mean_correspondence is not None:
-        values["train/correspondence"] = accelerator.reduce(mean_correspondence.clone(), reduction="mean").item()
-        extra = f", correspondence {values['train/correspondence']:.4f}"
-    accelerator.log(values, step=step)
-    logger.info("step %d: loss %.5f%s, lr %s", step, loss, extra, ", ".join(f"{lr:.3e}" for lr in lrs))
-    return values
-
-
-def _maybe_save_and_validate(opt, accelerator, model, ema, checkpointer, val_sets, exp_dir, step) -> None:
-    """Checkpoint every ``save_checkpoint_freq`` steps and validate every ``val_freq`` (and at the end)."""
-    last = step == opt.train.total_iter
-    if step % opt.logger.save_checkpoint_freq == 0 or last:
+        run.loop(
+            loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen),
+            Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True),
+            validate=_validation(opt, accelerator, model, ema, val_sets, run.exp_dir) if val_sets else None,
+            save_weights=write_weights,
+        )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_network_weights(accelerator.unwrap_model(model), ema, exp_dir / "checkpoints", str(step), opt)
-        checkpointer.save(accelerator, step)
-    if val_sets and (step % opt.val.val_freq == 0 or last):
-        if accelerator.is_main_process:
-            net = ema.module if ema is not None and opt.val.use_ema else accelerator.unwrap_model(model)
-            results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device)
-            lines = []
-            for name, values in results.items():
-                logger.info("validation %s at step %d: %s", name, step,
-                            ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-                accelerator.log({f"val/{k}/{name}": v for k, v in values.items()}, step=step)
-                lines.append(json.dumps({"step": step, "dataset": name, **values}) + "\n")
-            record = exp_dir / "logs" / "val_metrics.jsonl"
-            record.parent.mkdir(parents=True, exist_ok=True)
-            with open(record, "a") as handle:  # one JSON line per dataset and validation
-                handle.writelines(lines)
-        accelerator.wait_for_everyone()
+            write_weights("latest")
+    return run.exp_dir
+
+
+def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   criterion: nn.Module, ema: ModelEMA | None, guided: bool, frozen: list[nn.Parameter]) -> StepFn:
+    """One step of ``train``: the progressive crop, ``training_step``, the EMA update."""
+    t, ds_opt = opt.train, opt.datasets["train"]
+    progressive = build_progressive(ds_opt)
+    clip = t.grad_clip_norm if t.use_grad_clip else None
+
+    def step_fn(batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
+        batch = apply_progressive(batch, progressive, opt.manual_seed, step, ds_opt.ref_crop == "dino")
+        moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
+        out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
+                            frozen if step < t.param_fix_iterations else None, t.correspondence_opt.loss_weight, moves)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        return out
+
+    return step_fn
+
+
+def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA | None,
+                val_sets: dict[str, Dataset], exp_dir: Path) -> ValidateFn:
+    """``validate`` of the EMA (``val.use_ema``) or trained network: logged, one record per dataset."""
+
+    def validate_step(step: int) -> list[dict[str, Any]]:
+        net = ema.module if ema is not None and opt.val.use_ema else accelerator.unwrap_model(model)
+        results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device)
+        for name, values in results.items():
+            logger.info("validation %s at step %d: %s", name, step,
+                        ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            accelerator.log({f"val/{k}/{name}": v for k, v in values.items()}, step=step)
+        return [{"dataset": name, **values} for name, values in results.items()]
+
+    return validate_step
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -697,11 +583,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 __all__ = [
     "main",
     "train",
-    "build_accelerator",
     "build_model",
     "build_optimizer",
-    "build_scheduler",
-    "build_dataset",
+    "build_restoration_dataset",
     "build_train_loader",
     "training_step",
     "validate",
@@ -710,6 +594,5 @@ __all__ = [
     "SeededDataset",
     "EpochSampler",
     "DataPosition",
-    "experiment_dir",
     "is_guided",
 ]

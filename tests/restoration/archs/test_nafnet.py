@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from keylists import build_on_meta, model_keys, read_keys
 from textualdeg.restoration.archs import NAFNet, NAFNetLocal
-from textualdeg.restoration.archs.layers import LocalAvgPool2d
+from textualdeg.restoration.archs.tlc import LocalAvgPool2d
 from tiny_configs import NAFNET_TINY
 
 GOPRO = dict(img_channel=3, width=64, middle_blk_num=1, enc_blk_nums=(1, 1, 1, 28), dec_blk_nums=(1, 1, 1, 1))

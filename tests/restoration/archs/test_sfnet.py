@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from keylists import REFERENCE_DIR, build_on_meta, model_keys, read_keys
-from textualdeg.restoration.archs.layers import LocalAvgPool2d
 from textualdeg.restoration.archs.sfnet import RelativeLocalAvgPool2d, SFNet
+from textualdeg.restoration.archs.tlc import LocalAvgPool2d
 
 SFNET_TINY = dict(mode=("train", "Indoor"), num_res=1, base_channel=16)
 PARITY_FIXTURE = REFERENCE_DIR / "sfnet_tiny_parity.safetensors"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from textualdeg.restoration.archs.layers import NAFBlock, TransformerBlock
+from textualdeg.restoration.archs.nafnet_blocks import NAFBlock
+from textualdeg.restoration.archs.restormer_blocks import TransformerBlock
 from textualdeg.restoration.reference.fusion import ReferenceFusion, ZeroGatedResidual
 
 

@@ -55,16 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import (
-    Downsample,
-    FuseFn,
-    OverlapPatchEmbed,
-    PaddedBackbone,
-    RestormerLayerNorm,
-    Upsample,
-    no_fuse,
-)
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
+from textualdeg.restoration.archs.norms import RestormerLayerNorm
 from textualdeg.restoration.archs.restormer import check_restormer_args
+from textualdeg.restoration.archs.restormer_blocks import Downsample, OverlapPatchEmbed, Upsample
 
 __all__ = [
     "TKSA",

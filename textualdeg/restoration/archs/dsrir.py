@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
 
 __all__ = [
     "DSRIR", "DSRIRStages", "PatchAttention", "PAB", "PAG", "PRU", "USAU", "PatchAttentionUNet", "PatchAttentionGroups",

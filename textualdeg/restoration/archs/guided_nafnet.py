@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import NAFBlock
 from textualdeg.restoration.archs.nafnet import NAFNet
+from textualdeg.restoration.archs.nafnet_blocks import NAFBlock
 from textualdeg.restoration.reference.fusion import ReferenceFusion
 from textualdeg.restoration.reference.guided import ReferenceGuidedMixin, fusion_block_counts
 

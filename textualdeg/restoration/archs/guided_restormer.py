@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import TransformerBlock
 from textualdeg.restoration.archs.restormer import Restormer
+from textualdeg.restoration.archs.restormer_blocks import TransformerBlock
 from textualdeg.restoration.reference.fusion import ReferenceFusion, ZeroGatedResidual
 from textualdeg.restoration.reference.guided import ReferenceGuidedMixin, fusion_block_counts
 
@@ -38,7 +38,7 @@ __all__ = ["GuidedRestormer", "TransformerResFusionBlock", "add_transformer_fusi
 class TransformerResFusionBlock(ZeroGatedResidual, TransformerBlock):
     """Restormer block gated by a zero-initialised scalar: ``x + alpha * block(x)``.
 
-    Args: as :class:`~textualdeg.restoration.archs.layers.TransformerBlock` (dim,
+    Args: as :class:`~textualdeg.restoration.archs.restormer_blocks.TransformerBlock` (dim,
     num_heads, ffn_expansion_factor, bias, LayerNorm_type). Parameter names are the
     block's plus ``alpha`` (the authors' layout).
     """

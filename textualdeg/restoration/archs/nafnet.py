@@ -28,7 +28,7 @@ Hook points for subclasses (the guided models):
 - ``pad_multiple`` is a plain attribute (``2 ** num_levels``); a subclass that needs a larger
   multiple sets it after ``super().__init__``.
 - ``NAFNetLocal.local_kernel_size(level)`` gives the TLC pool size at a level, and
-  ``layers.replace_global_pools(module, kernel)`` converts extra blocks a subclass adds.
+  ``tlc.replace_global_pools(module, kernel)`` converts extra blocks a subclass adds.
 """
 
 from __future__ import annotations
@@ -39,13 +39,9 @@ import torch
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import (
-    PaddedBackbone,
-    FuseFn,
-    NAFBlock,
-    as_int_tuple,
-    replace_global_pools,
-)
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple
+from textualdeg.restoration.archs.nafnet_blocks import NAFBlock
+from textualdeg.restoration.archs.tlc import replace_global_pools
 
 __all__ = ["NAFNet", "NAFNetLocal"]
 

@@ -38,18 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import (
-    PaddedBackbone,
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.restormer import check_restormer_args
+from textualdeg.restoration.archs.restormer_blocks import (
     Downsample,
-    FuseFn,
     OverlapPatchEmbed,
     TransformerBlock,
     Upsample,
-    as_int_tuple,
-    no_fuse,
     transformer_stage,
 )
-from textualdeg.restoration.archs.restormer import check_restormer_args
 
 __all__ = ["PromptIR", "PromptGenBlock"]
 

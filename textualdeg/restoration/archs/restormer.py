@@ -9,7 +9,7 @@ Ported from swz30/Restormer@df766d5 ``basicsr/models/archs/restormer_arch.py`` (
 license, academic research use): same constructor arguments and attribute names, so the
 state_dict equals ``tests/restoration/archs/reference/restormer_default.keys.tsv`` and
 official checkpoints
-load with ``strict=True``. The blocks live in ``layers.py``.
+load with ``strict=True``. The blocks live in ``restormer_blocks.py``.
 
 The official network needs H and W divisible by 8 (three PixelUnshuffle(2)); its test
 scripts reflect-pad right/bottom. ``forward`` does the same and crops back.
@@ -29,17 +29,9 @@ import torch
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import (
-    PaddedBackbone,
-    LAYER_NORM_TYPES,
-    Downsample,
-    FuseFn,
-    OverlapPatchEmbed,
-    Upsample,
-    as_int_tuple,
-    no_fuse,
-    transformer_stage,
-)
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.norms import LAYER_NORM_TYPES
+from textualdeg.restoration.archs.restormer_blocks import Downsample, OverlapPatchEmbed, Upsample, transformer_stage
 
 __all__ = ["Restormer", "check_restormer_args"]
 

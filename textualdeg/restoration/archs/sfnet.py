@@ -68,12 +68,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.archs.layers import (
-    FuseFn,
-    LocalAvgPool2d,
-    PaddedBackbone,
-    no_fuse,
-)
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
+from textualdeg.restoration.archs.tlc import LocalAvgPool2d
 
 __all__ = [
     "SFNet",

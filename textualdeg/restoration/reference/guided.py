@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from textualdeg.restoration.archs.layers import crop_stages
+from textualdeg.restoration.archs.backbone_base import crop_stages, pad_to_multiple
 from textualdeg.restoration.reference.encoder import ReferenceEncoder
 from textualdeg.restoration.reference.fusion import ReferenceFusion
 from textualdeg.restoration.reference.matching import CoarseToFineMatcher
@@ -315,8 +315,6 @@ class ReferenceGuidedMixin:
 
     def _zero_pad(self, image: torch.Tensor) -> torch.Tensor:
         """Zero-pad right/bottom to a multiple of ``pad_multiple`` (as the authors do)."""
-        from textualdeg.restoration.archs.layers import pad_to_multiple
-
         return pad_to_multiple(image, self.pad_multiple, mode="constant")
 
     def _pad_pair(self, x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,73 @@
+"""The restoration network of a run: built from ``network_g``, weights loaded, guided or not.
+
+Training (``textualdeg.restoration.train.build_model``), stage-5 evaluation
+(``textualdeg.evaluation``) and ``textualdeg restore`` all build their network with
+:func:`build_network`: ``ARCH_REGISTRY`` builds ``network_g`` (``type`` plus the
+constructor kwargs, as BasicSR's ``build_network``), then
+``textualdeg.checkpoint.load_network_weights`` loads the weight file, naming the file and
+the first mismatched keys when it does not fit. :func:`is_guided` says whether the network
+takes a guidance image (``model(x, ref)``).
+
+Paper: "Improving Image Restoration through Removing Degradations in Textual
+Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
+from textualdeg.checkpoint import load_network_weights
+from textualdeg.registry import ARCH_REGISTRY
+
+#: Prefix of the reference-encoder and fusion parameters of guided networks (the authors' names).
+REF_PREFIX = "masa_"
+
+
+def is_guided(model: nn.Module) -> bool:
+    """True when ``model`` has reference/fusion (``masa_*``) parameters: it is called as ``model(x, ref)``."""
+    return any(name.startswith(REF_PREFIX) for name, _ in model.named_parameters())
+
+
+def build_network(network_g: Mapping[str, Any], weights: str | os.PathLike | None = None, strict: bool = True,
+                  param_key: str | None = None) -> nn.Module:
+    """Build ``network_g`` from ``ARCH_REGISTRY`` and load ``weights`` into it.
+
+    With ``strict=False`` (the authors' setting, used to start a guided network from a
+    plain backbone checkpoint) missing keys and keys of another shape are skipped and
+    counted in one log line; the fusion blocks start as identities, so the network then
+    behaves like the pretrained backbone.
+
+    Args:
+        network_g (Mapping[str, Any]): the option section: ``type`` plus the constructor
+            kwargs (an ``Options`` section or a plain dict).
+        weights (str | os.PathLike | None): a safetensors or torch weight file; None or
+            empty: keep the initial weights.
+        strict (bool): every tensor of the network must be in the file with its shape,
+            and nothing else (``path.strict_load_g``).
+        param_key (str | None): entry of a wrapped torch file (``path.param_key_g``).
+
+    Returns:
+        The network, in training mode on the CPU (callers switch to ``eval()``).
+
+    Raises:
+        ValueError: ``network_g`` has no ``type``.
+        KeyError: an unknown ``type`` (the message lists the registered ones).
+        TypeError: a constructor argument the class does not take (named).
+        textualdeg.checkpoint.CheckpointError: the weight file is missing, unreadable or
+            (strict) does not fit the network (one line naming the file and keys).
+    """
+    spec = network_g.to_dict() if hasattr(network_g, "to_dict") else dict(network_g)
+    if "type" not in spec:
+        raise ValueError(f"network_g needs a 'type' (one of {ARCH_REGISTRY.keys()}); got keys {sorted(spec)}")
+    model = ARCH_REGISTRY.build(spec)
+    if weights:
+        load_network_weights(model, weights, strict=strict, param_key=param_key)
+    return model
+
+
+__all__ = ["REF_PREFIX", "build_network", "is_guided"]

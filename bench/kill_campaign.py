@@ -43,9 +43,9 @@ OPTIONS = REPO / "options" / "train_restoration" / "tiny_cpu.yml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to deliver before letting the run finish")
-    parser.add_argument("--steps", type=int, default=60, help="total_iter of the tiny run")
-    parser.add_argument("--min-delay", type=float, default=2.0, help="earliest kill after a (re)start, seconds")
-    parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill after a (re)start, seconds")
+    parser.add_argument("--steps", type=int, default=700, help="total_iter of the tiny run")
+    parser.add_argument("--min-delay", type=float, default=3.0, help="earliest kill after a (re)start, seconds")
+    parser.add_argument("--max-delay", type=float, default=8.0, help="latest kill after a (re)start, seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for data and runs (default: a temp dir)")
     return parser.parse_args(argv)

@@ -22,7 +22,7 @@ from textualdeg.imageio import image_to_tensor, read_image, write_image
 from textualdeg.metrics import PRESETS, compute_metrics
 from textualdeg.options import load_options, options_from_dict
 from textualdeg.registry import ARCH_REGISTRY
-from textualdeg.restoration.inference import restore
+from textualdeg.restoration.inference import restore_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "options" / "test" / "tiny_cpu.yml"
@@ -99,7 +99,7 @@ def test_evaluation_numbers_equal_the_metrics_module(tiny_data, tmp_path):
             else:
                 lq = add_seeded_noise(gt, stem=name, **opt.datasets.test_2.noise)
             with torch.no_grad():
-                pred = restore(model, image_to_tensor(lq)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+                pred = restore_tensor(model, image_to_tensor(lq)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
             expected = compute_metrics(pred, gt, protocol)
             assert abs(float(rows[name]["psnr"]) - expected["psnr"]) <= 1e-9
             assert abs(float(rows[name]["ssim"]) - expected["ssim"]) <= 1e-9
@@ -250,7 +250,7 @@ def test_guided_model_gets_its_guidance(tiny_data, tmp_path):
     gt = read_image(tiny_data / "gt" / f"{row['image']}.png")
     lq = image_to_tensor(read_image(tiny_data / "lq" / f"{row['image']}.png"))[None]
     ref = image_to_tensor(read_image(tiny_data / "ref" / f"{row['image']}.png"))[None]
-    pred = restore(model, lq, ref=ref).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    pred = restore_tensor(model, lq, ref=ref).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert abs(row["psnr"] - compute_metrics(pred, gt, "textualdeg")["psnr"]) <= 1e-9
 
 

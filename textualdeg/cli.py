@@ -28,7 +28,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("textualdeg.guidance.generate", "main", "stage 3: generate guidance images"),
     "train-restoration": ("textualdeg.restoration.train", "main", "stage 4: train a guided backbone"),
     "evaluate": ("textualdeg.evaluation", "main", "stage 5: PSNR/SSIM under a named protocol"),
-    "restore": ("textualdeg.restore", "main", "restore your own images with a trained experiment"),
+    "restore": ("textualdeg.restore_photos", "main", "restore your own images with a trained experiment"),
 }
 
 

@@ -11,7 +11,7 @@ test sets and which metric protocol; :func:`evaluate` then
    (``textualdeg.restoration.network.build_network``, as training does);
 2. pairs LQ / GT / guidance files by stem (``textualdeg.data.pairing.pair_folders``), or,
    for Gaussian denoising, adds seeded noise to the clean images (below);
-3. restores each image with :func:`textualdeg.restoration.inference.restore` (reflect
+3. restores each image with :func:`textualdeg.restoration.inference.restore_tensor` (reflect
    padding to the model's multiple, optional tiling, optional x8 self-ensemble), the
    guided models receiving the whole guidance image;
 4. scores the clamped output with :func:`textualdeg.metrics.score` under the protocol
@@ -67,7 +67,7 @@ from textualdeg.log import get_logger, setup_logging
 from textualdeg.metrics import PRESETS, Protocol, score
 from textualdeg.metrics.protocol import CHANNELS, QUANTIZATIONS, SSIM_VARIANTS, Y_ROUNDINGS
 from textualdeg.options import Field, MapOf, Options, Section, parse_options, save_options
-from textualdeg.restoration.inference import resolve_device, restore
+from textualdeg.restoration.inference import resolve_device, restore_tensor
 from textualdeg.restoration.network import build_network, is_guided
 
 logger = get_logger(__name__)
@@ -264,7 +264,7 @@ def restore_item(model: nn.Module, item: TestItem, dataset: Options | dict, test
         ref = image_to_tensor(_read(item.ref, dataset["color"])).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
         if gray_trick:
             ref = ref.expand(-1, 3, -1, -1)  # (1, 3, Hr, Wr)
-    out = restore(model, x, ref=ref, tile=test["tile"], tile_overlap=test["tile_overlap"],
+    out = restore_tensor(model, x, ref=ref, tile=test["tile"], tile_overlap=test["tile_overlap"],
                   self_ensemble=test["self_ensemble"])
     if gray_trick:
         out = out.mean(dim=1, keepdim=True)  # (1, 1, H, W)

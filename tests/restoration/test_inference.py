@@ -1,4 +1,4 @@
-"""restore(): padding, tiled inference equal to untiled for local models, x8 self-ensemble; resolve_device()."""
+"""restore_tensor(): padding, tiled inference equal to untiled for local models, x8 self-ensemble; resolve_device()."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from textualdeg.restoration.inference import pad_to_multiple, resolve_device, restore
+from textualdeg.restoration.inference import pad_to_multiple, resolve_device, restore_tensor
 
 
 class LocalNet(nn.Module):
@@ -61,7 +61,7 @@ def test_pad_to_multiple_reflects():
 def test_untiled_pads_and_crops(photo_batch):
     torch.manual_seed(0)
     model = LocalNet().eval()
-    out = restore(model, photo_batch)
+    out = restore_tensor(model, photo_batch)
     assert out.shape == photo_batch.shape
     assert model.seen == [(2, 3, 100, 152)]
     padded = pad_to_multiple(photo_batch, 4, mode="reflect")
@@ -72,9 +72,9 @@ def test_untiled_pads_and_crops(photo_batch):
 def test_tiled_equals_untiled_for_local_model(photo_batch, tile):
     torch.manual_seed(0)
     model = LocalNet().eval()
-    full = restore(model, photo_batch)
+    full = restore_tensor(model, photo_batch)
     model.seen.clear()
-    tiled = restore(model, photo_batch, tile=tile, tile_overlap=16)
+    tiled = restore_tensor(model, photo_batch, tile=tile, tile_overlap=16)
     assert len(model.seen) > 4 and all(s[-1] <= tile and s[-2] <= tile for s in model.seen)
     assert (tiled - full).abs().max().item() <= 1e-4
 
@@ -83,8 +83,8 @@ def test_too_small_overlap_shows_seams(photo_batch):
     """The equality above is not automatic: an overlap smaller than the receptive field breaks it."""
     torch.manual_seed(0)
     model = LocalNet().eval()
-    full = restore(model, photo_batch)
-    tiled = restore(model, photo_batch, tile=32, tile_overlap=4)
+    full = restore_tensor(model, photo_batch)
+    tiled = restore_tensor(model, photo_batch, tile=32, tile_overlap=4)
     assert (tiled - full).abs().max().item() > 1e-3
 
 
@@ -92,9 +92,9 @@ def test_guided_tiles_receive_the_full_reference(photo_batch):
     torch.manual_seed(0)
     model = GuidedLocalNet().eval()
     ref = torch.rand(2, 3, 64, 96)
-    full = restore(model, photo_batch, ref=ref)
+    full = restore_tensor(model, photo_batch, ref=ref)
     model.refs = []
-    tiled = restore(model, photo_batch, ref=ref, tile=48, tile_overlap=16)
+    tiled = restore_tensor(model, photo_batch, ref=ref, tile=48, tile_overlap=16)
     assert len(model.refs) > 1 and set(model.refs) == {(2, 3, 64, 96)}
     assert (tiled - full).abs().max().item() <= 1e-4
 
@@ -105,8 +105,8 @@ def test_tiled_equals_untiled_for_tiny_nafnet(photo_batch):
     # a fresh NAFNet's blocks are identities (beta = gamma = 0): a local conv U-Net
     model = archs.NAFNet(width=8, enc_blk_nums=(1, 1), middle_blk_num=1, dec_blk_nums=(1, 1)).eval()
     x = photo_batch[:, :, :62, :90]  # 2 x 4 tiles
-    full = restore(model, x)
-    tiled = restore(model, x, tile=48, tile_overlap=32)
+    full = restore_tensor(model, x)
+    tiled = restore_tensor(model, x, tile=48, tile_overlap=32)
     assert full.shape == x.shape
     assert (tiled - full).abs().max().item() <= 1e-4
     # trained blocks use global pooling (simplified channel attention): tiling then only
@@ -115,14 +115,14 @@ def test_tiled_equals_untiled_for_tiny_nafnet(photo_batch):
         for name, p in model.named_parameters():
             if name.endswith(("beta", "gamma")):
                 p.normal_(0, 0.5)
-    approx = restore(model, x, tile=48, tile_overlap=32)
+    approx = restore_tensor(model, x, tile=48, tile_overlap=32)
     assert approx.shape == x.shape and torch.isfinite(approx).all()
 
 
 def test_self_ensemble_of_identity_returns_input(photo_batch):
-    out = restore(Identity(), photo_batch, self_ensemble=True)
+    out = restore_tensor(Identity(), photo_batch, self_ensemble=True)
     assert torch.allclose(out, photo_batch, atol=1e-7)
-    out = restore(Identity(), photo_batch, ref=torch.rand(2, 3, 40, 60), tile=64, tile_overlap=16,
+    out = restore_tensor(Identity(), photo_batch, ref=torch.rand(2, 3, 40, 60), tile=64, tile_overlap=16,
                   self_ensemble=True)
     assert torch.allclose(out, photo_batch, atol=1e-6)
 
@@ -138,21 +138,21 @@ def test_self_ensemble_averages_the_eight_transforms(photo_batch):
                 t = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
                 y = torch.rot90(model(t), -k, dims=(-2, -1))
                 expected += (y.flip(-1) if flip else y) / 8
-    out = restore(model, x, self_ensemble=True)
+    out = restore_tensor(model, x, self_ensemble=True)
     assert torch.allclose(out, expected, atol=1e-6)
-    assert not torch.allclose(out, restore(model, x), atol=1e-4)  # the model is not equivariant
+    assert not torch.allclose(out, restore_tensor(model, x), atol=1e-4)  # the model is not equivariant
 
 
 def test_bad_arguments(photo_batch):
     model = LocalNet()
     with pytest.raises(ValueError, match="tile_overlap"):
-        restore(model, photo_batch, tile=32, tile_overlap=32)
+        restore_tensor(model, photo_batch, tile=32, tile_overlap=32)
     with pytest.raises(ValueError, match="tile"):
-        restore(model, photo_batch, tile=0)
+        restore_tensor(model, photo_batch, tile=0)
     with pytest.raises(ValueError, match="lq"):
-        restore(model, photo_batch[0])
+        restore_tensor(model, photo_batch[0])
     with pytest.raises(ValueError, match="ref"):
-        restore(model, photo_batch, ref=torch.rand(1, 3, 8, 8))
+        restore_tensor(model, photo_batch, ref=torch.rand(1, 3, 8, 8))
 
 
 def test_resolve_device():

@@ -65,7 +65,7 @@ def _tile_starts(length: int, tile: int, overlap: int, multiple: int) -> list[in
     """
     if length <= tile:
         return [0]
-    stride = (tile - overlap) // multiple * multiple  # >= multiple, checked by restore()
+    stride = (tile - overlap) // multiple * multiple  # >= multiple, checked by restore_tensor()
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
@@ -133,8 +133,8 @@ def _inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None = None, tile: int | None = None,
-            tile_overlap: int = 32, self_ensemble: bool = False) -> torch.Tensor:
+def restore_tensor(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None = None, tile: int | None = None,
+                   tile_overlap: int = 32, self_ensemble: bool = False) -> torch.Tensor:
     """Restore a batch of images of any size.
 
     The model is called as ``model(x)`` or, when ``ref`` is given, ``model(x, ref)``
@@ -199,4 +199,4 @@ def restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None = None,
     return (total / len(_ENSEMBLE)).to(lq.dtype)
 
 
-__all__ = ["pad_to_multiple", "resolve_device", "restore"]
+__all__ = ["pad_to_multiple", "resolve_device", "restore_tensor"]

@@ -71,7 +71,7 @@ from textualdeg.metrics import Protocol, metric_kind, protocol_from_basicsr, sco
 from textualdeg.options import Options
 from textualdeg.registry import LOSS_REGISTRY
 from textualdeg.restoration.ema import ModelEMA
-from textualdeg.restoration.inference import restore
+from textualdeg.restoration.inference import restore_tensor
 from textualdeg.restoration.losses import pixel_loss
 from textualdeg.restoration.network import REF_PREFIX, build_network, is_guided
 from textualdeg.restoration.stage_losses import StageLoss
@@ -366,7 +366,7 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
              vis_dir: Path | None, device: torch.device) -> dict[str, dict[str, float]]:
     """Score ``model`` on every validation set (batch 1, full images, full reference).
 
-    Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore``
+    Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore_tensor``
     (reflect padding to the model's multiple, tiles when ``val.tile`` is set), then
     ``textualdeg.metrics.score`` on the clamped output; with the same images, noise and
     weights the numbers equal those of ``textualdeg.evaluation``. Runs under
@@ -407,7 +407,7 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
 
 def _restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None, opt: Options) -> torch.Tensor:
     """(1, C, H, W) output of one validation image, through the inference path of evaluation."""
-    return restore(model, lq, ref=ref, tile=opt.val.tile or None, tile_overlap=opt.val.tile_overlap)
+    return restore_tensor(model, lq, ref=ref, tile=opt.val.tile or None, tile_overlap=opt.val.tile_overlap)
 
 
 def _score(metric: Options, name: str, pred: torch.Tensor, gt: torch.Tensor) -> float:

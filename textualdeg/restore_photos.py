@@ -16,7 +16,7 @@ One command runs the two inference stages of the method on a file or a folder:
    them, else the plain ones; ``*_latest`` first, else the newest step), or with
    ``--checkpoint FILE``, by ``textualdeg.restoration.network.build_network`` as in
    training and evaluation. Each image is restored whole, or in overlapping tiles with
-   ``--tile`` (``textualdeg.restoration.inference.restore``), guided models receiving the
+   ``--tile`` (``textualdeg.restoration.inference.restore_tensor``), guided models receiving the
    whole guidance image, and written atomically as ``OUTPUT/<stem>.png``.
 
 Every missing piece (input, experiment folder, options file, weight file, generation
@@ -48,7 +48,7 @@ from torch import nn
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
 from textualdeg.log import get_logger, setup_logging
 from textualdeg.options import Options, OptionsError, load_options, options_from_dict
-from textualdeg.restoration.inference import resolve_device, restore
+from textualdeg.restoration.inference import resolve_device, restore_tensor
 from textualdeg.restoration.network import build_network, is_guided
 
 logger = get_logger(__name__)
@@ -339,7 +339,7 @@ def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, 
         device: where to run.
         channels: input channels of the network (1 reads the image and its guidance as
             gray, as the stage-4 datasets do).
-        tile, tile_overlap, self_ensemble: see ``textualdeg.restoration.inference.restore``.
+        tile, tile_overlap, self_ensemble: see ``textualdeg.restoration.inference.restore_tensor``.
         bit_depth: 8 or 16 bits per channel in the PNG.
 
     Returns:
@@ -350,7 +350,7 @@ def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, 
     ref = None
     if ref_path is not None:
         ref = image_to_tensor(read_image(ref_path, color)).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
-    output = restore(model, lq, ref=ref, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble)
+    output = restore_tensor(model, lq, ref=ref, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble)
     image = tensor_to_image(output[0])  # (H, W, C) clamped to [0, 1]
     write_image(out, image[..., 0] if image.shape[-1] == 1 else image, bit_depth=bit_depth)
     return out

@@ -17,7 +17,7 @@ from skimage import data
 from skimage.transform import resize
 
 from textualdeg.imageio import image_to_tensor, read_image, write_image
-from textualdeg.restore import RestoreError, find_weights, load_experiment_options, main, restore_images
+from textualdeg.restore_photos import RestoreError, find_weights, load_experiment_options, main, restore_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = REPO / "options" / "train_restoration" / "tiny_cpu.yml"
@@ -130,14 +130,14 @@ def local_experiment(tmp_path_factory) -> Path:
 
 def _expected(experiment: Path, lq_path: Path, ref_path: Path | None) -> np.ndarray:
     """The experiment's network run directly on one image: (H, W, 3) in [0, 1]."""
-    from textualdeg.restoration.inference import restore
+    from textualdeg.restoration.inference import restore_tensor
     from textualdeg.restoration.network import build_network
 
     exp_opt = load_experiment_options(experiment)
     model = build_network(exp_opt.network_g, find_weights(experiment)).eval()
     lq = image_to_tensor(read_image(lq_path))[None]  # (1, 3, H, W)
     ref = None if ref_path is None else image_to_tensor(read_image(ref_path))[None]  # (1, 3, Hr, Wr)
-    return restore(model, lq, ref=ref)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    return restore_tensor(model, lq, ref=ref)[0].clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def test_folder_end_to_end(photos, generate_opt, guided_experiment, tmp_path):

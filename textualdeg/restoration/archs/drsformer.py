@@ -56,9 +56,14 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
-from textualdeg.restoration.archs.norms import RestormerLayerNorm
 from textualdeg.restoration.archs.restormer import check_restormer_args
-from textualdeg.restoration.archs.restormer_blocks import Downsample, OverlapPatchEmbed, Upsample
+from textualdeg.restoration.archs.restormer_blocks import (
+    Downsample,
+    OverlapPatchEmbed,
+    TransformerBlock,
+    Upsample,
+    transformer_stage,
+)
 
 __all__ = [
     "TKSA",
@@ -162,35 +167,14 @@ class MSFN(nn.Module):
         return self.project_out(torch.cat([x1, x2], dim=1))
 
 
-class SparseTransformerBlock(nn.Module):
+class SparseTransformerBlock(TransformerBlock):
     """DRSformer's sparse transformer block: ``x + TKSA(LN(x))`` then ``+ MSFN(LN(.))``.
 
-    Args:
-        dim (int): channels.
-        num_heads (int): TKSA heads.
-        ffn_expansion_factor (float): MSFN expansion.
-        bias (bool): conv biases.
-        LayerNorm_type (str): ``"WithBias"`` or ``"BiasFree"``.
+    Restormer's block (same arguments and parameter names) with TKSA and MSFN.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_expansion_factor: float = 2.66,
-        bias: bool = False,
-        LayerNorm_type: str = "WithBias",  # noqa: N803
-    ) -> None:
-        super().__init__()
-        self.norm1 = RestormerLayerNorm(dim, LayerNorm_type)
-        self.attn = TKSA(dim, num_heads, bias)
-        self.norm2 = RestormerLayerNorm(dim, LayerNorm_type)
-        self.ffn = MSFN(dim, ffn_expansion_factor, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+    attention_cls = TKSA
+    ffn_cls = MSFN
 
 
 def sparse_transformer_stage(
@@ -202,9 +186,8 @@ def sparse_transformer_stage(
     LayerNorm_type: str,  # noqa: N803
 ) -> nn.Sequential:
     """``num`` SparseTransformerBlocks in an ``nn.Sequential`` (keys ``<stage>.<i>.<...>``)."""
-    return nn.Sequential(
-        *[SparseTransformerBlock(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)]
-    )
+    return transformer_stage(num, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type,
+                             block=SparseTransformerBlock)
 
 
 # --------------------------------------------------------------------------------------

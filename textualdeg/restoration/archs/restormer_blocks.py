@@ -105,6 +105,10 @@ class TransformerBlock(nn.Module):
         LayerNorm_type (str): ``"WithBias"`` or ``"BiasFree"``.
     """
 
+    #: the attention and feed-forward classes; variants (DRSformer's sparse block) swap them
+    attention_cls: type[nn.Module] = MDTA
+    ffn_cls: type[nn.Module] = GDFN
+
     def __init__(
         self,
         dim: int,
@@ -115,9 +119,9 @@ class TransformerBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = RestormerLayerNorm(dim, LayerNorm_type)
-        self.attn = MDTA(dim, num_heads, bias)
+        self.attn = self.attention_cls(dim, num_heads, bias)
         self.norm2 = RestormerLayerNorm(dim, LayerNorm_type)
-        self.ffn = GDFN(dim, ffn_expansion_factor, bias)
+        self.ffn = self.ffn_cls(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -132,11 +136,11 @@ def transformer_stage(
     ffn_expansion_factor: float,
     bias: bool,
     LayerNorm_type: str,  # noqa: N803
+    block: type[TransformerBlock] | None = None,
 ) -> nn.Sequential:
-    """``num`` TransformerBlocks in an ``nn.Sequential`` (keys ``<stage>.<i>.<...>``)."""
-    return nn.Sequential(
-        *[TransformerBlock(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)]
-    )
+    """``num`` blocks (default :class:`TransformerBlock`) in an ``nn.Sequential`` (keys ``<stage>.<i>.<...>``)."""
+    block = TransformerBlock if block is None else block
+    return nn.Sequential(*[block(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)])
 
 
 class OverlapPatchEmbed(nn.Module):

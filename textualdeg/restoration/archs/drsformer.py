@@ -56,14 +56,8 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
-from textualdeg.restoration.archs.restormer import check_restormer_args
-from textualdeg.restoration.archs.restormer_blocks import (
-    Downsample,
-    OverlapPatchEmbed,
-    TransformerBlock,
-    Upsample,
-    transformer_stage,
-)
+from textualdeg.restoration.archs.restormer import add_transformer_unet, check_restormer_args, transformer_unet_forward
+from textualdeg.restoration.archs.restormer_blocks import OverlapPatchEmbed, TransformerBlock, transformer_stage
 
 __all__ = [
     "TKSA",
@@ -421,22 +415,7 @@ class DRSformer(PaddedBackbone):
         # Registration order fixes the upstream state_dict order.
         self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
         self.encoder_level0 = MEFC(dim) if self.use_mefc else nn.Identity()
-        self.encoder_level1 = sparse_transformer_stage(num_blocks[0], dim, heads[0], ffn, bias, ln)
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = sparse_transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = sparse_transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = sparse_transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
-
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, kernel_size=1, bias=bias)
-        self.decoder_level3 = sparse_transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, kernel_size=1, bias=bias)
-        self.decoder_level2 = sparse_transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.up2_1 = Upsample(dim * 2)  # no channel reduction at level 1: it stays 2*dim
-        self.decoder_level1 = sparse_transformer_stage(num_blocks[0], dim * 2, heads[0], ffn, bias, ln)
+        add_transformer_unet(self, dim, num_blocks, heads, ffn, bias, ln, block=SparseTransformerBlock)
         self.refinement = MEFC(dim * 2) if self.use_mefc else nn.Identity()
         self.output = nn.Conv2d(dim * 2, out_channels, kernel_size=3, padding=1, bias=bias)
 
@@ -454,17 +433,8 @@ class DRSformer(PaddedBackbone):
             (B, out_channels, H, W).
         """
         fuse = fuse if fuse is not None else no_fuse
-        out_enc1 = self.encoder_level1(fuse(0, self.encoder_level0(self.patch_embed(inp))))  # (B, dim, H, W)
-        out_enc2 = self.encoder_level2(fuse(1, self.down1_2(out_enc1)))  # (B, 2dim, H/2, W/2)
-        out_enc3 = self.encoder_level3(fuse(2, self.down2_3(out_enc2)))  # (B, 4dim, H/4, W/4)
-        latent = self.latent(fuse(3, self.down3_4(out_enc3)))  # (B, 8dim, H/8, W/8)
-
-        x = torch.cat([self.up4_3(latent), out_enc3], 1)  # (B, 8dim, H/4, W/4)
-        x = self.decoder_level3(self.reduce_chan_level3(x))  # (B, 4dim, H/4, W/4)
-        x = torch.cat([self.up3_2(x), out_enc2], 1)  # (B, 4dim, H/2, W/2)
-        x = self.decoder_level2(self.reduce_chan_level2(x))  # (B, 2dim, H/2, W/2)
-        x = torch.cat([self.up2_1(x), out_enc1], 1)  # (B, 2dim, H, W)
-        x = self.refinement(self.decoder_level1(x))
+        inp_enc1 = fuse(0, self.encoder_level0(self.patch_embed(inp)))  # (B, dim, H, W)
+        x = self.refinement(transformer_unet_forward(self, inp_enc1, fuse))  # (B, 2dim, H, W)
         return self.output(x) + inp
 
 

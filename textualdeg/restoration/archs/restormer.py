@@ -33,7 +33,7 @@ from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, a
 from textualdeg.restoration.archs.norms import LAYER_NORM_TYPES
 from textualdeg.restoration.archs.restormer_blocks import Downsample, OverlapPatchEmbed, Upsample, transformer_stage
 
-__all__ = ["Restormer", "check_restormer_args"]
+__all__ = ["Restormer", "add_transformer_unet", "check_restormer_args", "transformer_unet_forward"]
 
 
 def check_restormer_args(
@@ -73,6 +73,68 @@ def check_restormer_args(
                 f"(dim={dim}, heads={heads})"
             )
     return num_blocks, heads
+
+
+def add_transformer_unet(
+    model: nn.Module,
+    dim: int,
+    num_blocks: Sequence[int],
+    heads: Sequence[int],
+    ffn_expansion_factor: float,
+    bias: bool,
+    LayerNorm_type: str,  # noqa: N803
+    block: type[nn.Module] | None = None,
+) -> None:
+    """Register Restormer's 4-level U-Net, ``encoder_level1`` to ``decoder_level1``, on ``model``.
+
+    Official names and registration order (so official state_dicts keep their key order);
+    ``block`` is the transformer block class (default Restormer's; DRSformer passes its
+    sparse block). The patch embedding before and the refinement after are the caller's.
+    """
+    def stage(level: int, width: int) -> nn.Sequential:
+        return transformer_stage(num_blocks[level], width, heads[level], ffn_expansion_factor, bias,
+                                 LayerNorm_type, block=block)
+
+    model.encoder_level1 = stage(0, dim)
+    model.down1_2 = Downsample(dim)
+    model.encoder_level2 = stage(1, dim * 2)
+    model.down2_3 = Downsample(dim * 2)
+    model.encoder_level3 = stage(2, dim * 4)
+    model.down3_4 = Downsample(dim * 4)
+    model.latent = stage(3, dim * 8)
+
+    model.up4_3 = Upsample(dim * 8)
+    model.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, kernel_size=1, bias=bias)
+    model.decoder_level3 = stage(2, dim * 4)
+    model.up3_2 = Upsample(dim * 4)
+    model.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, kernel_size=1, bias=bias)
+    model.decoder_level2 = stage(1, dim * 2)
+    model.up2_1 = Upsample(dim * 2)  # no channel reduction at level 1: it stays 2*dim
+    model.decoder_level1 = stage(0, dim * 2)
+
+
+def transformer_unet_forward(model: nn.Module, inp_enc1: torch.Tensor, fuse: FuseFn) -> torch.Tensor:
+    """The U-Net of :func:`add_transformer_unet`: levels 2-4 fused by ``fuse(1..3, x)``.
+
+    Args:
+        model: a module built with :func:`add_transformer_unet`.
+        inp_enc1: (B, dim, H, W) the (already fused) feature entering ``encoder_level1``.
+        fuse: ``fuse(level, x) -> x`` on the features entering levels 2, 3 and ``latent``.
+
+    Returns:
+        (B, 2dim, H, W), the output of ``decoder_level1``.
+    """
+    out_enc1 = model.encoder_level1(inp_enc1)
+    out_enc2 = model.encoder_level2(fuse(1, model.down1_2(out_enc1)))  # (B, 2dim, H/2, W/2)
+    out_enc3 = model.encoder_level3(fuse(2, model.down2_3(out_enc2)))  # (B, 4dim, H/4, W/4)
+    latent = model.latent(fuse(3, model.down3_4(out_enc3)))  # (B, 8dim, H/8, W/8)
+
+    x = torch.cat([model.up4_3(latent), out_enc3], 1)  # (B, 8dim, H/4, W/4)
+    x = model.decoder_level3(model.reduce_chan_level3(x))  # (B, 4dim, H/4, W/4)
+    x = torch.cat([model.up3_2(x), out_enc2], 1)  # (B, 4dim, H/2, W/2)
+    x = model.decoder_level2(model.reduce_chan_level2(x))  # (B, 2dim, H/2, W/2)
+    x = torch.cat([model.up2_1(x), out_enc1], 1)  # (B, 2dim, H, W)
+    return model.decoder_level1(x)
 
 
 @ARCH_REGISTRY.register()
@@ -125,22 +187,7 @@ class Restormer(PaddedBackbone):
         ffn, ln = ffn_expansion_factor, LayerNorm_type
 
         self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.encoder_level1 = transformer_stage(num_blocks[0], dim, heads[0], ffn, bias, ln)
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
-
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, kernel_size=1, bias=bias)
-        self.decoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, kernel_size=1, bias=bias)
-        self.decoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.up2_1 = Upsample(dim * 2)  # no channel reduction at level 1: it stays 2*dim
-        self.decoder_level1 = transformer_stage(num_blocks[0], dim * 2, heads[0], ffn, bias, ln)
+        add_transformer_unet(self, dim, num_blocks, heads, ffn, bias, ln)
         self.refinement = transformer_stage(num_refinement_blocks, dim * 2, heads[0], ffn, bias, ln)
 
         self.dual_pixel_task = bool(dual_pixel_task)
@@ -163,17 +210,7 @@ class Restormer(PaddedBackbone):
         """
         fuse = fuse if fuse is not None else no_fuse
         inp_enc1 = fuse(0, self.patch_embed(inp))  # (B, dim, H, W)
-        out_enc1 = self.encoder_level1(inp_enc1)
-        out_enc2 = self.encoder_level2(fuse(1, self.down1_2(out_enc1)))  # (B, 2dim, H/2, W/2)
-        out_enc3 = self.encoder_level3(fuse(2, self.down2_3(out_enc2)))  # (B, 4dim, H/4, W/4)
-        latent = self.latent(fuse(3, self.down3_4(out_enc3)))  # (B, 8dim, H/8, W/8)
-
-        x = torch.cat([self.up4_3(latent), out_enc3], 1)  # (B, 8dim, H/4, W/4)
-        x = self.decoder_level3(self.reduce_chan_level3(x))  # (B, 4dim, H/4, W/4)
-        x = torch.cat([self.up3_2(x), out_enc2], 1)  # (B, 4dim, H/2, W/2)
-        x = self.decoder_level2(self.reduce_chan_level2(x))  # (B, 2dim, H/2, W/2)
-        x = torch.cat([self.up2_1(x), out_enc1], 1)  # (B, 2dim, H, W)
-        x = self.refinement(self.decoder_level1(x))
+        x = self.refinement(transformer_unet_forward(self, inp_enc1, fuse))  # (B, 2dim, H, W)
         if self.dual_pixel_task:
             return self.output(x + self.skip_conv(inp_enc1))
         return self.output(x) + inp

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from textualdeg.checkpoint import read_state_info
 from textualdeg.data.sampling import EpochSampler
-from textualdeg.engine import Run, Schedule, build_trackers, flat_config, validation_done
+from textualdeg.engine import Run, Schedule, build_accelerator, build_trackers, flat_config, validation_done
 from textualdeg.experiment import ExperimentLock, ExperimentLocked
 from textualdeg.options import Options
 
@@ -38,7 +38,8 @@ class Line(Dataset):
 
 
 def _opt(exp: Path, **path) -> Options:
-    return Options({"name": "toy", "manual_seed": 0, "train": {"mixed_precision": "no"},
+    return Options({"name": "toy", "manual_seed": 0,
+                    "train": {"mixed_precision": "no", "process_group_timeout_min": 120},
                     "path": {"experiments_root": str(exp), "resume_state": None, "auto_resume": True, **path}})
 
 
@@ -101,6 +102,34 @@ def test_a_validation_killed_after_its_save_is_redone_first_on_resume(tmp_path):
     assert len(_records(exp)) == 3
 
 
+def test_on_two_processes_every_process_validates_and_a_killed_validation_is_redone_by_all(tmp_path):
+    """torchrun, 2 gloo processes (tests/_toy_engine_on_processes.py): both call the validation, the main
+    process's records are written once; after a kill inside the validation of step 4 the resumed
+    run validates step 4 first on both processes (the main process tells the other)."""
+    import os
+    import subprocess
+
+    exp = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+    def launch(kill: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).parent / "_toy_engine_on_processes.py"), str(exp), str(kill)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    def validated(rank: int) -> list[int]:
+        return [int(line) for line in (exp / f"validated_{rank}.txt").read_text().split()]
+
+    assert launch(kill=4).returncode != 0
+    assert [(r["step"], r["start"], r["process"]) for r in _records(exp)] == [(2, 1, 0)]
+    assert validated(0) == validated(1) == [2]
+    result = launch(kill=0)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [(r["step"], r["start"], r["process"]) for r in _records(exp)] == [(2, 1, 0), (4, 1, 0), (6, 2, 0)]
+    assert validated(0) == validated(1) == [2, 4, 6]
+    assert "validating step 4 first" in (exp / "logs" / "train.log").read_text()
+
+
 def test_trackers_get_the_options_and_wandb_its_project_and_run_id(tmp_path, monkeypatch):
     calls = {}
 
@@ -136,6 +165,26 @@ def test_flat_config_and_schedule():
     assert [s for s in range(1, 8) if when.validates(s)] == [7]
     with pytest.raises(ValueError, match="save_every=0"):
         Schedule(total=7, log_every=1, save_every=0)
+
+
+def test_the_process_group_timeout_is_an_option(tmp_path):
+    """train.process_group_timeout_min reaches accelerate's InitProcessGroupKwargs (NCCL's default is 10 min)."""
+    from datetime import timedelta
+
+    from textualdeg.guidance.schema import TR_SCHEMA
+    from textualdeg.options import load_options
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+
+    root = Path(__file__).resolve().parents[1] / "options"
+    for schema, name in ((RESTORATION_SCHEMA, "train_restoration/tiny_cpu.yml"),
+                         (TR_SCHEMA, "train_tr/sd21base_vith14.yml")):  # neither sets it
+        assert load_options(root / name, schema).train.process_group_timeout_min == 120  # the default
+    opt = Options({**_opt(tmp_path / "run").to_dict(),
+                   "train": {"mixed_precision": "no", "process_group_timeout_min": 7}})
+    with Run.open(opt) as run:
+        assert run.accelerator.init_handler.timeout == timedelta(minutes=7)
+    with pytest.raises(ValueError, match="train.process_group_timeout_min=0"):
+        build_accelerator(tmp_path / "bad", process_group_timeout_min=0)
 
 
 def test_a_second_run_on_a_locked_folder_is_refused_before_it_writes_anything(tmp_path):

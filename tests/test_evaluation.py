@@ -131,15 +131,19 @@ def _guided_weights(path: Path) -> tuple[dict, Path]:
     return spec, save_weights(model.state_dict(), path)
 
 
-@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
-def test_stage5_numbers_equal_validation_numbers(tiny_data, tmp_path, gray):
-    """evaluate() on a test option and train.validate() give the same PSNR/SSIM (to 1e-9) on the same
-    images and weights: a paired set, a set with seeded Gaussian noise, the Y channel with a border
-    crop, and a guided network on images whose size needs padding; gray sets fed to this 3-channel
-    network as three copies (evaluation: replicate_gray, validation: gray_to_rgb)."""
-    from textualdeg.data import GaussianDenoisingRefDataset, PairedImageRefDataset
+def _stage5_and_stage4(tiny_data: Path, tmp_path: Path, gray: bool) -> tuple[dict, dict, dict]:
+    """The same guided weights and images, evaluated (stage 5) and set up for validation (stage 4).
+
+    A paired set scored in RGB, and a set with seeded Gaussian noise scored on the Y channel
+    with a border crop; gray sets are fed to the 3-channel network as three copies
+    (evaluation: replicate_gray, validation: gray_to_rgb).
+
+    Returns:
+        The stage-5 ``datasets`` results, the stage-4 option dict (its ``val.metrics`` name
+        the stage-5 protocols: ``psnr``/``ssim`` for the paired set, ``psnr_y``/``ssim_y`` for
+        the noisy one) and the stage-4 validation sets as ``build_dataset`` specs.
+    """
     from textualdeg.restoration.schema import RESTORATION_SCHEMA
-    from textualdeg.restoration.train import build_model, validate
 
     spec, weights = _guided_weights(tmp_path / "guided.safetensors")
     folders = {role: str(tiny_data / role) for role in ("lq", "gt", "ref")}
@@ -165,22 +169,90 @@ def test_stage5_numbers_equal_validation_numbers(tiny_data, tmp_path, gray):
         "psnr_y": {"type": "calculate_psnr", "test_y_channel": True, "crop_border": 2},
         "ssim_y": {"type": "calculate_ssim", "test_y_channel": True, "crop_border": 2, "ssim_variant": "gaussian3d"},
     }
+    channels = {"in_ch": 1, "gray_to_rgb": True} if gray else {}
+    val_sets = {
+        "paired": {"type": "PairedImageRefDataset", "dataroot_gt": folders["gt"], "dataroot_lq": folders["lq"],
+                   "dataroot_ref": folders["ref"], "phase": "val", "name": "paired", **channels},
+        "noisy": {"type": "GaussianDenoisingRefDataset", "dataroot_gt": folders["gt"], "dataroot_ref": folders["ref"],
+                  "sigma_range": 25, "sigma_test": 25, "phase": "val", "name": "noisy", **channels},
+    }
+    return stage5, train_opt, val_sets
+
+
+def _assert_stage5_equals_stage4(stage5: dict, stage4: dict, tolerance: float) -> None:
+    for dataset, suffix in (("paired", ""), ("noisy", "_y")):
+        for metric in ("psnr", "ssim"):
+            assert abs(stage5[dataset]["mean"][metric] - stage4[dataset][metric + suffix]) <= tolerance, (
+                dataset, metric, stage5[dataset]["mean"][metric], stage4[dataset][metric + suffix])
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+def test_stage5_numbers_equal_validation_numbers(tiny_data, tmp_path, gray):
+    """evaluate() on a test option and train.validate() give the same PSNR/SSIM (to 1e-9) on the same
+    images and weights: a paired set, a set with seeded Gaussian noise, the Y channel with a border
+    crop, and a guided network on images whose size needs padding (both reflect-pad to the
+    network's multiple through restore_tensor); gray sets fed to this 3-channel network as three
+    copies (evaluation: replicate_gray, validation: gray_to_rgb)."""
+    from textualdeg.data import build_dataset
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+    from textualdeg.restoration.train import build_model, validate
+
+    stage5, train_opt, specs = _stage5_and_stage4(tiny_data, tmp_path, gray)
     opt = options_from_dict(train_opt, RESTORATION_SCHEMA)
     model = build_model(opt)
     assert model.pad_multiple > 4 and 60 % model.pad_multiple and 76 % model.pad_multiple  # padded
-    channels = {"in_ch": 1, "gray_to_rgb": True} if gray else {}
-    val_sets = {
-        "paired": PairedImageRefDataset(dataroot_gt=folders["gt"], dataroot_lq=folders["lq"],
-                                        dataroot_ref=folders["ref"], phase="val", name="paired", **channels),
-        "noisy": GaussianDenoisingRefDataset(dataroot_gt=folders["gt"], dataroot_ref=folders["ref"],
-                                             sigma_range=25, sigma_test=25, phase="val", name="noisy", **channels),
-    }
+    val_sets = {name: build_dataset(spec) for name, spec in specs.items()}
     stage4 = validate(model, val_sets, opt, 0, None, torch.device("cpu"))
-
-    for dataset, suffix in (("paired", ""), ("noisy", "_y")):
-        for metric in ("psnr", "ssim"):
-            assert abs(stage5[dataset]["mean"][metric] - stage4[dataset][metric + suffix]) <= 1e-9, (dataset, metric)
+    _assert_stage5_equals_stage4(stage5, stage4, 1e-9)
     assert model.training  # validate put train() back
+
+
+@pytest.mark.slow
+def test_validation_sharded_over_two_processes_equals_one_process_and_stage5(tiny_data, tmp_path):
+    """Two gloo processes (torchrun, tests/_validate_on_processes.py) validate 3 images per set, an
+    uneven shard (2 + 1), each image restored once: the gathered means, the same on both
+    processes, equal one process's (to 1e-12) and stage 5's (to 1e-9), and the side-by-side PNGs
+    are written under their one-process names, at most val.max_vis_images per set."""
+    import os
+    import subprocess
+    import sys
+
+    from textualdeg.data import build_dataset
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+    from textualdeg.restoration.train import build_model, validate
+
+    stage5, train_opt, specs = _stage5_and_stage4(tiny_data, tmp_path, gray=False)
+    train_opt["val"].update(save_img=True, max_vis_images=2)
+    opt = options_from_dict(train_opt, RESTORATION_SCHEMA)
+    one = validate(build_model(opt), {name: build_dataset(spec) for name, spec in specs.items()}, opt, 7,
+                   tmp_path / "one" / "visualization", torch.device("cpu"))
+
+    job = {"options": train_opt, "val_sets": specs, "step": 7, "vis_dir": str(tmp_path / "two" / "visualization"),
+           "out": str(tmp_path / "two" / "means.json")}
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "job.json").write_text(json.dumps(job))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "_validate_on_processes.py"), str(tmp_path / "two" / "job.json")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    two = json.loads((tmp_path / "two" / "means.json").read_text())
+
+    assert two["num_processes"] == 2 and two["means"][0] == two["means"][1]
+    assert two["restored"] == [4, 2]  # images 0 and 2 of each set, image 1: each image once
+    sharded = two["means"][0]
+    assert sharded.keys() == one.keys()
+    for dataset in one:
+        for metric, value in one[dataset].items():
+            assert abs(sharded[dataset][metric] - value) <= 1e-12, (dataset, metric, sharded[dataset][metric], value)
+    _assert_stage5_equals_stage4(stage5, sharded, 1e-9)
+
+    def pictures(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+
+    expected = [f"{name}/{stem}_7.png" for name in ("noisy", "paired") for stem in sorted(PHOTOS)[:2]]
+    assert pictures(tmp_path / "one" / "visualization") == expected
+    assert pictures(tmp_path / "two" / "visualization") == expected
 
 
 def test_guided_network_without_guidance_is_named(tiny_data, tmp_path):
@@ -264,3 +336,43 @@ def test_every_test_option_file_loads_and_builds():
         build_protocol(opt.metrics)
         with torch.device("meta"):
             ARCH_REGISTRY.build(opt.network_g.to_dict())
+
+
+# --------------------------------------------------------------------------------------
+# which weights an evaluation file evaluates
+
+
+def _meta_layout(network_g: dict) -> dict[str, tuple[int, ...]]:
+    """(key, shape) of a network built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = ARCH_REGISTRY.build(dict(network_g))
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("test_file", sorted(p.name for p in (ROOT / "options" / "test").glob("*.yml")))
+def test_every_evaluation_file_evaluates_weights_that_its_training_run_writes(test_file, monkeypatch):
+    """A file naming train_options evaluates <that run>/checkpoints/net_g_latest.safetensors,
+    and its network_g has the training network's layout; the others name their weights or
+    leave them to --set."""
+    from textualdeg.evaluation import resolve_checkpoint
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+
+    monkeypatch.chdir(ROOT)
+    opt = load_options(ROOT / "options" / "test" / test_file, EVALUATION_SCHEMA)
+    if opt.path.train_options is None:
+        if opt.path.pretrain_network_g is None:
+            with pytest.raises(ValueError, match="--set path.pretrain_network_g="):
+                resolve_checkpoint(opt.path)
+        return
+    train_opt = load_options(ROOT / opt.path.train_options, RESTORATION_SCHEMA)
+    assert resolve_checkpoint(opt.path) == Path("experiments") / train_opt.name / "checkpoints" / \
+        "net_g_latest.safetensors"
+    assert _meta_layout(opt.network_g.to_dict()) == _meta_layout(train_opt.network_g.to_dict())
+
+
+def test_evaluation_without_weights_is_an_error_with_the_set_line_and_writes_nothing(tmp_path):
+    opt = load_options(ROOT / "options" / "test" / "tiny_cpu.yml", EVALUATION_SCHEMA,
+                       ["path.pretrain_network_g=null", f"path.results_root={tmp_path / 'results'}"])
+    with pytest.raises(ValueError, match="--set path.pretrain_network_g="):
+        evaluate(opt)
+    assert not (tmp_path / "results").exists()

@@ -112,3 +112,26 @@ def test_read_only_folder_is_named_not_the_hidden_temp(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match=rf"folder {tmp_path} is not writable"):
         with atomic_write(tmp_path / "b.png"):
             pass
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_weights_and_states_get_the_umask_mode_not_0600(tmp_path, umask):
+    """safetensors creates 0600 files; ours follow the umask so a group can read shared runs."""
+    import torch
+
+    from textualdeg.checkpoint import save_weights
+    from textualdeg.fileio import apply_default_mode, default_file_mode
+
+    old = os.umask(umask)
+    try:
+        assert default_file_mode() == 0o666 & ~umask
+        save_weights({"w": torch.zeros(2)}, tmp_path / "net_g.safetensors")
+        assert (tmp_path / "net_g.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+        (tmp_path / "state").mkdir()
+        private = tmp_path / "state" / "model.safetensors"
+        private.write_bytes(b"x")
+        private.chmod(0o600)  # as accelerate's safetensors save leaves it
+        apply_default_mode(tmp_path / "state")
+        assert private.stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(old)

@@ -87,7 +87,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from textualdeg.fileio import atomic_write, atomic_write_text, fsync_directory, fsync_tree
+from textualdeg.fileio import apply_default_mode, atomic_write, atomic_write_text, fsync_directory, fsync_tree
 from textualdeg.log import get_logger
 
 logger = get_logger(__name__)
@@ -808,7 +808,11 @@ class StateCheckpointer:
 
     def _finalize(self, tmp: Path, final: Path, step: int, num_processes: int,
                   info: Mapping[str, Any] | None = None) -> None:
-        """Main process: make ``tmp`` durable, mark it complete with checksums, publish it, rotate."""
+        """Main process: make ``tmp`` durable, mark it complete with checksums, publish it, rotate.
+
+        Files get the umask's mode (``apply_default_mode``): accelerate's safetensors are 0600.
+        """
+        apply_default_mode(tmp)
         fsync_tree(tmp)
         record = {
             "step": step,

@@ -3,8 +3,9 @@
 A stage (``textualdeg.guidance.train``, ``textualdeg.restoration.train``) builds its models,
 optimizer, schedule and data, and supplies two functions: its training step (one
 micro-batch: forward, backward, optimizer step; returns its losses) and its validation
-(main process; returns the records for ``logs/val_metrics.jsonl``). The engine does the
-rest, in the diffusers order::
+(called on every process, so that a stage can shard its images; the records the main
+process returns become lines of ``logs/val_metrics.jsonl``). The engine does the rest, in
+the diffusers order::
 
     with Run.open(opt, log_with=...) as run:       # folder, accelerator, lock, logging, seed
         ... build, accelerator.prepare, "Running training" block ...
@@ -16,6 +17,10 @@ rest, in the diffusers order::
 steps the lr schedule once per optimizer step, shows tqdm on the local main process,
 logs mean losses every ``log_every`` steps, saves the full state every ``save_every``
 steps (and at the end), and validates every ``validate_every`` steps.
+
+Process-group timeout: every collective (``wait_for_everyone``, gathers, DDP) gives up after
+``train.process_group_timeout_min`` minutes (default 120; NCCL's own default is 10), so a
+long validation or checkpoint write does not kill the processes waiting for it.
 
 Validation after a kill: a state saved at a step whose validation is due records that in
 its marker; a run resumed from it validates first when ``logs/val_metrics.jsonl`` holds no
@@ -53,7 +58,8 @@ VAL_RECORD = Path("logs") / "val_metrics.jsonl"
 
 #: ``step_fn(batch, step, micro) -> {"loss": scalar tensor, ...}``: one micro-batch.
 StepFn = Callable[[Any, int, int], Mapping[str, torch.Tensor]]
-#: ``validate(step) -> records``: main process; each record becomes one line of val_metrics.jsonl.
+#: ``validate(step) -> records``: called on every process; each record the main process returns
+#: becomes one line of val_metrics.jsonl (the other processes' records are ignored).
 ValidateFn = Callable[[int], Sequence[Mapping[str, Any]]]
 
 
@@ -86,17 +92,38 @@ def build_trackers(tensorboard: bool, wandb_project: str | None = None, wandb_re
 
 
 def build_accelerator(exp_dir: Path, *, mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
-                      log_with: Sequence[Any] = ()) -> Any:
+                      log_with: Sequence[Any] = (), process_group_timeout_min: int = 120,
+                      find_unused_parameters: bool = False) -> Any:
     """An ``Accelerator`` with its project and logging folders in ``exp_dir``.
 
     Multi-process runs without a GPU use gloo on the CPU (accelerate would otherwise run
     each process alone; docs/ecosystem_notes.md). The lr schedule is stepped by the loop
     once per optimizer step (``step_scheduler_with_optimizer=False``), whatever the
     process count.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
 
+    Args:
+        exp_dir: the run folder.
+        mixed_precision: ``no``, ``fp16`` or ``bf16``.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        log_with: trackers (:func:`build_trackers`).
+        process_group_timeout_min: minutes a collective waits for the other processes
+            before the run fails (``InitProcessGroupKwargs(timeout=...)``; torch's defaults
+            are 10 for NCCL and 30 for gloo). Applies when this call creates the
+            process group (the first accelerator of the process).
+        find_unused_parameters: DDP searches the autograd graph for parameters that get
+            no gradient each step (needed when some are out of autograd for a while,
+            e.g. stage 4's ``param_fix_iterations``; a graph walk per step otherwise).
+
+    Raises:
+        ValueError: ``process_group_timeout_min`` < 1, naming ``train.process_group_timeout_min``.
+    """
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+
+    if process_group_timeout_min < 1:
+        raise ValueError(f"train.process_group_timeout_min={process_group_timeout_min}: expected minutes >= 1")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
         cpu=world_size > 1 and not torch.cuda.is_available(),
@@ -105,6 +132,8 @@ def build_accelerator(exp_dir: Path, *, mixed_precision: str = "no", gradient_ac
         log_with=list(log_with) or None,
         project_config=ProjectConfiguration(project_dir=str(exp_dir), logging_dir=str(exp_dir / "logs")),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=process_group_timeout_min)),
+                         DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
     if world_size > 1 and accelerator.num_processes != world_size:
         raise RuntimeError(
@@ -235,17 +264,19 @@ class Run:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, opt: Options, *, log_with: Sequence[Any] = (), gradient_accumulation_steps: int = 1) -> Iterator[Run]:
+    def open(cls, opt: Options, *, log_with: Sequence[Any] = (), gradient_accumulation_steps: int = 1,
+             find_unused_parameters: bool = False) -> Iterator[Run]:
         """Folder, accelerator, the folder's lock (main process), logging to ``logs/train.log``, seed.
 
         The lock is taken before anything is written, so a refused run leaves the folder
         untouched; on exit the trackers are closed and the lock released.
 
         Args:
-            opt: options with ``name``, ``manual_seed``, ``path.experiments_root`` and
-                ``train.mixed_precision``.
+            opt: options with ``name``, ``manual_seed``, ``path.experiments_root``,
+                ``train.mixed_precision`` and ``train.process_group_timeout_min``.
             log_with: trackers (:func:`build_trackers`).
             gradient_accumulation_steps: micro-batches per optimizer step.
+            find_unused_parameters: see :func:`build_accelerator`.
 
         Raises:
             ExperimentLocked: another run holds the folder (on every process).
@@ -254,7 +285,9 @@ class Run:
 
         exp_dir = experiment_dir(opt)
         accelerator = build_accelerator(exp_dir, mixed_precision=opt.train.mixed_precision,
-                                        gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with)
+                                        gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
+                                        process_group_timeout_min=opt.train.process_group_timeout_min,
+                                        find_unused_parameters=find_unused_parameters)
         experiment = Experiment(exp_dir)
         _lock(experiment, accelerator)
         try:
@@ -396,24 +429,32 @@ class Run:
                                info={"start": self.start, "validation_due": validation_due})
 
     def _validate(self, validate: ValidateFn, *, run: bool = True, start: int | None = None) -> None:
-        """Main process (when ``run``): validate, append the records to ``logs/val_metrics.jsonl``; all wait.
+        """When ``run``, every process validates and the main process appends its records; all wait.
+
+        The records go to ``logs/val_metrics.jsonl``; the other processes' are ignored.
 
         Each record carries the step and the start whose weights were validated (this one
-        unless ``start`` is given).
+        unless ``start`` is given). ``run`` must be the same on every process.
         """
-        if self.accelerator.is_main_process and run:
-            owner = self.start if start is None else start
-            records = [{"step": self.step, "start": owner, **record} for record in validate(self.step) or [{}]]
-            append_records(self.exp_dir / VAL_RECORD, records)
+        if run:
+            records = validate(self.step)
+            if self.accelerator.is_main_process:
+                owner = self.start if start is None else start
+                append_records(self.exp_dir / VAL_RECORD,
+                               [{"step": self.step, "start": owner, **record} for record in records or [{}]])
         self.accelerator.wait_for_everyone()
 
     def _validate_owed(self, validate: ValidateFn) -> None:
         """Validate the resumed step first if its state was saved but its validation never completed.
 
-        Only the main process knows (from the state's marker and val_metrics.jsonl); every
-        process waits for it.
+        Only the main process knows (from the state's marker and val_metrics.jsonl); it
+        tells the others, and every process validates.
         """
         owed = self._owed_validation
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            owed = broadcast_object_list([owed], from_process=0)[0]
         if owed is not None:
             logger.info("validating step %d first: its state was saved, its validation never completed", self.step)
         self._validate(validate, run=owed is not None, start=owed["start"] if owed else None)

@@ -135,7 +135,12 @@ EVALUATION_SCHEMA = Section(
         "network_g": Section({}, open=True, help="network: type (ARCH_REGISTRY) plus constructor kwargs"),
         "path": Section(
             {
-                "pretrain_network_g": Field(str, path=True, help="weights to evaluate (safetensors or .pth)"),
+                "pretrain_network_g": Field(str, None, path=True,
+                                            help="weights to evaluate (safetensors or .pth); default: the latest "
+                                                 "weights of the run of train_options"),
+                "train_options": Field(str, None, path=True,
+                                       help="the stage-4 option file these weights come from: pretrain_network_g "
+                                            "defaults to <its run folder>/checkpoints/net_g_latest.safetensors"),
                 "param_key_g": Field(str, None, help="entry of a wrapped .pth (params, params_ema)"),
                 "strict_load_g": Field(bool, True, help="require every weight key to match"),
                 "results_root": Field(str, None, path=True, help="output folder (default results/<name>)"),
@@ -362,6 +367,39 @@ def _json_safe(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- entry point
+def resolve_checkpoint(path: Options) -> Path:
+    """The weights to evaluate: ``path.pretrain_network_g``, else the latest of ``path.train_options``'s run.
+
+    Stage 4 writes ``<run folder>/checkpoints/net_g_latest.safetensors``, the run folder
+    being ``path.experiments_root`` of the training file or ``experiments/<its name>``
+    (``textualdeg.engine.experiment_dir``), so an evaluation file that names its training
+    file follows a renamed run instead of pointing at a folder nothing writes.
+
+    Raises:
+        ValueError: neither is set (the message shows the ``--set`` line), or the training
+            option file cannot be read.
+    """
+    if path.pretrain_network_g:
+        return Path(path.pretrain_network_g)
+    if not path.train_options:
+        raise ValueError(
+            "no weights to evaluate: set path.pretrain_network_g, e.g. --set "
+            "path.pretrain_network_g=experiments/<training name>/checkpoints/net_g_latest.safetensors, or "
+            "path.train_options to the stage-4 option file (--set path.train_options=options/train_restoration/"
+            "<file>.yml) to evaluate the latest weights of its run"
+        )
+    from textualdeg.engine import experiment_dir
+    from textualdeg.options import load_options
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+
+    train_file = Path(path.train_options)
+    if not train_file.is_file():
+        raise ValueError(f"path.train_options={train_file} is not a file (the stage-4 option file whose run is "
+                         "evaluated; or set path.pretrain_network_g)")
+    train_opt = load_options(train_file, RESTORATION_SCHEMA)
+    return experiment_dir(train_opt) / "checkpoints" / "net_g_latest.safetensors"
+
+
 def evaluate(opt: Options) -> dict[str, Any]:
     """Evaluate ``path.pretrain_network_g`` on every test set of ``opt`` (``EVALUATION_SCHEMA``).
 
@@ -381,6 +419,7 @@ def evaluate(opt: Options) -> dict[str, Any]:
     """
     if not opt.datasets:
         raise ValueError("datasets: at least one test set is required")
+    checkpoint = resolve_checkpoint(opt.path)
     device = resolve_device(opt.test.device, "test.device")
     out_dir = Path(opt.path.results_root or Path("results") / opt.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,13 +428,12 @@ def evaluate(opt: Options) -> dict[str, Any]:
     # check every test set's files before spending time on the model
     for key, dataset in opt.datasets.items():
         collect_items(dataset, key)
-    model = build_network(opt.network_g, opt.path.pretrain_network_g, strict=opt.path.strict_load_g,
+    model = build_network(opt.network_g, str(checkpoint), strict=opt.path.strict_load_g,
                           param_key=opt.path.param_key_g).eval().requires_grad_(False).to(device)
     unguided = [key for key, dataset in opt.datasets.items() if dataset["dataroot_ref"] is None]
     if is_guided(model) and unguided:
         raise ValueError(f"datasets.{unguided[0]}.dataroot_ref is required: {opt.network_g.type} is a guided "
                          "network (it restores with a guidance image)")
-    checkpoint = Path(opt.path.pretrain_network_g)
     results = []
     for key, dataset in opt.datasets.items():
         protocol = build_protocol(dataset["metrics"], default_protocol)

@@ -42,6 +42,35 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask.
+
+    Some writers (safetensors among them) create files with mode 0600 whatever the umask,
+    so a group sharing an experiments folder could not read a colleague's weights; the
+    files written here get this mode instead (0644 under the usual umask 022). Read from
+    ``/proc/self/status`` where it exists (no change of the process state), else by
+    setting the umask and putting it back.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def apply_default_mode(path: str | os.PathLike) -> None:
+    """Give the file ``path``, or every file under the folder ``path``, ``default_file_mode()``."""
+    mode = default_file_mode()
+    path = Path(path)
+    files = [path] if path.is_file() else [Path(folder) / name for folder, _, names in os.walk(path)
+                                           for name in names]
+    for file in files:
+        os.chmod(file, mode)
+
+
 def fsync_directory(path: str | os.PathLike) -> None:
     """Flush a folder's entries (creations, renames) to disk.
 
@@ -129,6 +158,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             raise FileNotFoundError(
                 f"atomic_write({path}): nothing was written to the temporary file {tmp}"
             )
+        os.chmod(tmp, default_file_mode())  # as a plain open() would create it (not 0600)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException as error:

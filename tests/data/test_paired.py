@@ -14,7 +14,8 @@ from textualdeg.data import PairedDehazeRefDataset, PairedImageRefDataset, build
 from textualdeg.data.guided_base import GuidedDatasetBase
 from textualdeg.imageio import ImageReadError, write_image
 from textualdeg.registry import DATASET_REGISTRY
-from textualdeg.restoration.dino_window import DinoWindowSelector
+from textualdeg.data.guided_base import DINO_KEYS, collate_guided
+from textualdeg.restoration.dino_window import DinoWindowSelector, select_reference_windows
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 
@@ -129,7 +130,7 @@ def test_crops_are_aligned_and_augmented_together(tmp_path, ref_crop):
         write_image(root / "ref" / f"{stem}.png", image)  # the guidance is the clean image itself
     stub = DinoWindowSelector(lambda x: torch.nn.functional.avg_pool2d(x, 7).flatten(2).transpose(1, 2) - 0.5,
                               patch_size=7, stride_divisor=64)  # stride 1: every window is a candidate
-    ds = _dataset(root, gt_size=40, ref_crop=ref_crop, ref_size=48, dino_selector=stub)
+    ds = _dataset(root, gt_size=40, ref_crop=ref_crop, ref_size=48)
     seen_flips = set()
     for epoch in range(6 if ref_crop != "dino" else 3):
         ds.set_epoch(epoch)
@@ -138,9 +139,11 @@ def test_crops_are_aligned_and_augmented_together(tmp_path, ref_crop):
             assert item["lq"].shape == item["gt"].shape == (3, 40, 40)
             torch.testing.assert_close(item["lq"], _degrade(item["gt"]), atol=1.5 / 255, rtol=0)
             if ref_crop == "dino":
-                # the guidance window matching the LQ crop is the GT crop, flipped and
-                # rotated with it
-                torch.testing.assert_close(item["ref"], item["gt"])
+                # the whole, unaugmented reference; the step's window matching the LQ crop
+                # is the GT crop, flipped and rotated with it
+                assert set(DINO_KEYS) <= set(item) and item["ref"].shape[1:] in {(86, 86), (50, 76)}
+                window = select_reference_windows(stub, collate_guided([item]))["ref"][0]
+                torch.testing.assert_close(window, item["gt"])
             elif ref_crop == "resize":
                 assert item["ref"].shape == (3, 48, 48)
             else:
@@ -195,7 +198,7 @@ def test_bad_arguments_name_themselves(tmp_path):
     root = _write_set(tmp_path, {"a": "astronaut"})
     for kwargs, name in (({"ref_crop": "crop"}, "ref_crop"), ({"phase": "training"}, "phase"),
                          ({"scale": 2}, "scale"), ({"in_ch": 2}, "in_ch"),
-                         ({"ref_crop": "dino"}, "pretrain_dino"), ({"filename_tmpl": "x"}, "filename_tmpl")):
+                         ({"dino_window": "whole"}, "dino_window"), ({"filename_tmpl": "x"}, "filename_tmpl")):
         with pytest.raises(ValueError, match=name):
             _dataset(root, **kwargs)
 
@@ -240,7 +243,33 @@ def test_dino_window_of_gray_data_is_found_on_three_equal_channels(tmp_path):
         return torch.nn.functional.avg_pool2d(x, 7).flatten(2).transpose(1, 2) - 0.5
 
     stub = DinoWindowSelector(features, patch_size=7, stride_divisor=64)
-    item = _dataset(tmp_path, gt_size=40, ref_crop="dino", dino_selector=stub, in_ch=1)[0]
+    item = _dataset(tmp_path, gt_size=40, ref_crop="dino", in_ch=1)[0]
+    assert item["ref"].shape == (1, 86, 86)  # whole: the window is chosen in the training step
+    window = select_reference_windows(stub, collate_guided([item]))["ref"]
     assert set(seen) == {3}
-    assert item["ref"].shape == item["gt"].shape == (1, 40, 40)
-    torch.testing.assert_close(item["ref"], item["gt"])  # the window matching the crop
+    assert window.shape == (1, 1, 40, 40)
+    torch.testing.assert_close(window[0], item["gt"])  # the window matching the crop
+
+
+def test_a_dino_dataset_holds_no_model_and_pickles_small(tmp_path):
+    """What a data-loader worker receives: paths and options, no DINOv2."""
+    import pickle
+
+    root = _write_set(tmp_path, {"a": "astronaut", "b": "chelsea"})
+    ds = _dataset(root, gt_size=24, ref_crop="dino", dino_window="relative")
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(ds).values())
+    assert len(pickle.dumps(ds)) < 4096
+    item = ds[0]
+    assert item["window_ratio"].tolist() == [86, 86, 86, 86]  # (ref H, image H, ref W, image W)
+
+
+def test_collate_keeps_references_of_different_sizes_as_a_list_only_for_dino(tmp_path):
+    root = _write_set(tmp_path, {"a": "astronaut", "b": "chelsea"})
+    dino = _dataset(root, gt_size=24, ref_crop="dino")
+    batch = collate_guided([dino[0], dino[1]])
+    assert [tuple(r.shape) for r in batch["ref"]] == [(3, 86, 86), (3, 50, 76)]
+    assert batch["lq"].shape == (2, 3, 24, 24) and batch["dihedral"].shape == (2, 3)
+    assert collate_guided([dino[0], dino[0]])["ref"].shape == (2, 3, 86, 86)  # one size: stacked
+    full = _dataset(root, gt_size=24, ref_crop="full")
+    with pytest.raises(ValueError, match="ref_crop: resize or dino"):
+        collate_guided([full[0], full[1]])

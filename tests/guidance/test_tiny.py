@@ -36,7 +36,7 @@ def test_layout(tiny_paths):
 
 
 def test_tiny_dinov2_loads(tiny_paths):
-    from textualdeg.restoration.dino_window import load_dinov2
+    from textualdeg.pretrained.dinov2 import load_dinov2
 
     assert tiny_paths["dinov2"] is not None
     model = load_dinov2(tiny_paths["dinov2"])

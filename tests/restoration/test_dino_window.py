@@ -1,23 +1,21 @@
-"""DINOv2 window selection: the selection math, tiny DINOv2 folders and hub checkpoints."""
+"""DINOv2 window selection: the selection math, and the batched choice in the training step."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from skimage import data as skdata
-from torch import nn
 
-from textualdeg.restoration.dino_window import (
-    DinoWindowSelector,
-    load_dinov2,
-    save_tiny_dinov2,
-    window_offsets,
-)
+from textualdeg.data.transforms import Dihedral, resize_image
+from textualdeg.imageio import write_image
+from textualdeg.pretrained.dinov2 import save_tiny_dinov2
+from textualdeg.restoration.dino_window import DinoWindowSelector, select_reference_windows, window_offsets
 
 
 def _photo(step: int) -> torch.Tensor:
@@ -74,130 +72,16 @@ def test_a_reference_smaller_than_the_window_is_enlarged():
 
 
 
-def test_shared_selector_loads_once_per_weights_path(monkeypatch):
-    from textualdeg.restoration import dino_window
-
-    loads = []
-
-    def fake_from_pretrained(path, device="cpu"):
-        loads.append((path, device))
-        return DinoWindowSelector(_pool_features)
-
-    monkeypatch.setattr(dino_window, "_SHARED_SELECTORS", {})
-    monkeypatch.setattr(DinoWindowSelector, "from_pretrained", staticmethod(fake_from_pretrained))
-    first = dino_window.shared_selector("dino_a")
-    assert dino_window.shared_selector("dino_a") is first
-    assert dino_window.shared_selector("dino_b") is not first
-    assert loads == [("dino_a", "cpu"), ("dino_b", "cpu")]
-
 def test_importing_restoration_does_not_import_transformers():
-    code = ("import sys, textualdeg.restoration, textualdeg.restoration.dino_window, textualdeg.data; "
+    code = ("import sys, textualdeg.restoration, textualdeg.restoration.dino_window, textualdeg.data, "
+            "textualdeg.restoration.train; "
             "sys.exit(int('transformers' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-
-
-# -- transformers models -----------------------------------------------------------------
-class _HubBlock(nn.Module):
-    """facebookresearch/dinov2 ``NestedTensorBlock`` layout (plain attention, LayerScale)."""
-
-    def __init__(self, dim: int, heads: int, swiglu: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ls1, self.ls2 = nn.Module(), nn.Module()
-        self.ls1.gamma, self.ls2.gamma = nn.Parameter(torch.rand(dim)), nn.Parameter(torch.rand(dim))
-        self.mlp = nn.Module()
-        self.swiglu = swiglu
-        if swiglu:
-            hidden = (int(dim * 4 * 2 / 3) + 7) // 8 * 8  # SwiGLUFFNFused
-            self.mlp.w12, self.mlp.w3 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
-        else:
-            self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-        q, k, v = qkv[0] * (c // self.heads) ** -0.5, qkv[1], qkv[2]
-        out = (q @ k.transpose(-2, -1)).softmax(-1) @ v  # (B, h, N, d)
-        return self.attn.proj(out.transpose(1, 2).reshape(b, n, c))
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            x1, x2 = self.mlp.w12(x).chunk(2, dim=-1)
-            return self.mlp.w3(F.silu(x1) * x2)
-        return self.mlp.fc2(F.gelu(self.mlp.fc1(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1.gamma * self._attention(self.norm1(x))
-        return x + self.ls2.gamma * self._mlp(self.norm2(x))
-
-
-class _HubViT(nn.Module):
-    """A tiny DINOv2 in the torch-hub layout; forward returns the normed patch tokens."""
-
-    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, patch: int = 14, image: int = 42,
-                 swiglu: bool = False) -> None:
-        super().__init__()
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (image // patch) ** 2, dim))
-        self.mask_token = nn.Parameter(torch.randn(1, dim))
-        self.blocks = nn.ModuleList(_HubBlock(dim, heads, swiglu) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        nn.init.normal_(self.norm.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, P, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, 1+P, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)[:, 1:]
-
-
-@pytest.mark.parametrize("variant", ["mlp", "swiglu", "wrapped"])
-def test_hub_checkpoint_loads_with_the_same_output(tmp_path, variant):
-    torch.manual_seed(0)
-    hub = _HubViT(swiglu=variant == "swiglu").eval()
-    state = hub.state_dict()
-    if variant == "wrapped":  # a DINOv2 training checkpoint: teacher weights under backbone.
-        state = {"teacher": {f"backbone.{k}": v for k, v in state.items()}, "iteration": 5}
-    path = tmp_path / "dinov2_tiny_pretrain.pth"
-    torch.save(state, path)
-    model = load_dinov2(path, num_attention_heads=2)
-    assert not any(p.requires_grad for p in model.parameters()) and not model.training
-    images = torch.rand(2, 3, 42, 42)
-    with torch.no_grad():
-        expected = hub(images)
-        got = model(pixel_values=images).last_hidden_state[:, 1:]
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-
-
-def test_hub_checkpoint_errors(tmp_path):
-    path = tmp_path / "not_dino.pth"
-    torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="not_dino.pth"):
-        load_dinov2(path)
-    with pytest.raises(FileNotFoundError, match="missing"):
-        load_dinov2(tmp_path / "missing.pth")
 
 
 @pytest.fixture(scope="module")
 def tiny_dino(tmp_path_factory):
     return save_tiny_dinov2(tmp_path_factory.mktemp("dinov2"), seed=3)
-
-
-def test_tiny_dinov2_folder_round_trip(tiny_dino):
-    assert (tiny_dino / "config.json").is_file() and (tiny_dino / "model.safetensors").is_file()
-    from transformers import Dinov2Model
-
-    model = load_dinov2(tiny_dino)
-    assert isinstance(model, Dinov2Model) and model.config.hidden_size == 32
-    again = load_dinov2(save_tiny_dinov2(tiny_dino.parent / "again", seed=3))
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        torch.testing.assert_close(a, b, msg=name)  # the seed fixes the weights
 
 
 def test_tiny_dinov2_finds_the_window_in_a_shifted_resized_reference(tiny_dino):
@@ -212,29 +96,89 @@ def test_tiny_dinov2_finds_the_window_in_a_shifted_resized_reference(tiny_dino):
         assert offsets.tolist() == [[round((y - 16) * 0.75), round((x - 24) * 0.75)]]
 
 
-def test_dataset_dino_crop_from_a_model_folder(tiny_dino, tmp_path):
-    from textualdeg.data import PairedImageRefDataset
-    from textualdeg.imageio import write_image
-
-    image = skdata.astronaut()[::4, ::4].astype(np.float32) / 255.0
-    for folder in ("gt", "lq", "ref"):
-        write_image(tmp_path / folder / "a.png", image)
-    ds = PairedImageRefDataset(dataroot_gt=str(tmp_path / "gt"), dataroot_lq=str(tmp_path / "lq"),
-                               dataroot_ref=str(tmp_path / "ref"), gt_size=56, ref_crop="dino",
-                               pretrain_dino=str(tiny_dino), use_hflip=False, use_rot=False)
-    item = ds[0]
-    assert item["ref"].shape == (3, 56, 56)
-    # the chosen window is on the stride-14 grid and close to the LQ crop
-    assert float((item["ref"] - item["gt"]).abs().mean()) < float((item["gt"] - item["gt"].mean()).abs().mean())
+# -- the choice in the training step ------------------------------------------------------
+def _write_photos(root: Path, ref_scales: dict[str, float]) -> None:
+    """gt/lq/ref folders: LQ = 0.5 * GT + 0.25, the reference the clean photo resized."""
+    for name, scale in ref_scales.items():
+        image = getattr(skdata, name)()[::6, ::6, :3].astype(np.float32) / 255.0
+        h, w = image.shape[:2]
+        write_image(root / "gt" / f"{name}.png", image)
+        write_image(root / "lq" / f"{name}.png", 0.5 * image + 0.25)
+        write_image(root / "ref" / f"{name}.png", resize_image(image, (round(h * scale), round(w * scale))))
 
 
-def test_a_folder_with_missing_weights_is_an_error(tiny_dino, tmp_path):
-    from safetensors.torch import load_file, save_file
+def _old_dataset_path(selector, item_plain, item_dino, image_hw, dino_window):
+    """The window the dataset chose before the choice moved to the step (same crop and flips).
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((tiny_dino / "config.json").read_text())
-    weights = load_file(tiny_dino / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "layer.1." not in k}, broken / "model.safetensors")
-    with pytest.raises(ValueError, match="layer.1"):
-        load_dinov2(broken)
+    ``item_plain`` is the same item without flips and with the whole reference: the
+    selection ran on the unaugmented crop, and the flips/rotation were applied to the window.
+    """
+    lq, ref = item_plain["lq"], item_plain["ref"]
+    h, w = lq.shape[-2:]
+    if dino_window == "relative":
+        window = (max(1, round(h * ref.shape[-2] / image_hw[0])), max(1, round(w * ref.shape[-1] / image_hw[1])))
+    else:
+        window = (h, w)
+    crop = selector(lq[None], ref[None], window)[0]  # (C, h, w)
+    aug = Dihedral(*item_dino["dihedral"].tolist())
+    return torch.from_numpy(aug(crop.permute(1, 2, 0).numpy())).permute(2, 0, 1)  # (C, h, w)
+
+
+@pytest.mark.parametrize("dino_window", ["crop", "relative"])
+def test_step_choice_equals_the_old_per_sample_dataset_choice(tiny_dino, tmp_path, dino_window):
+    """Batched, with references of three sizes (a list): the same windows as the per-sample path."""
+    from textualdeg.data import PairedImageRefDataset, collate_guided
+
+    _write_photos(tmp_path, {"astronaut": 1.0, "chelsea": 1.5, "coffee": 0.8})
+    roots = {f"dataroot_{k}": str(tmp_path / k) for k in ("gt", "lq", "ref")}
+    dino = PairedImageRefDataset(**roots, gt_size=28, ref_crop="dino", dino_window=dino_window, seed=4)
+    plain = PairedImageRefDataset(**roots, gt_size=28, ref_crop="full", use_hflip=False, use_rot=False, seed=4)
+    selector = DinoWindowSelector.from_pretrained(tiny_dino)
+    seen = set()
+    for epoch in range(3):
+        dino.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        items = [dino[i] for i in range(len(dino))]
+        batch = collate_guided(items)
+        assert isinstance(batch["ref"], list)  # three reference sizes
+        out = select_reference_windows(selector, batch)
+        assert not set(out) & {"dihedral", "ref_dihedral", "window_ratio"} and out["ref"].shape == (3, 3, 28, 28)
+        for i, item in enumerate(items):
+            torch.testing.assert_close(item["lq"], _aug_chw(item, plain[i]["lq"]))  # same crop and flips
+            gt = getattr(skdata, Path(item["gt_path"]).stem)()[::6, ::6]
+            old = _old_dataset_path(selector, plain[i], item, gt.shape[:2], dino_window)
+            torch.testing.assert_close(out["ref"][i], old, rtol=0, atol=1e-6)
+            seen.add(tuple(item["dihedral"].tolist()))
+    assert len(seen) > 2  # several flips/rotations were undone and redone
+
+
+def _aug_chw(item: dict, image: torch.Tensor) -> torch.Tensor:
+    """``image`` (C, h, w) with the item's flips/rotation, through the numpy ``Dihedral``."""
+    aug = Dihedral(*item["dihedral"].tolist())
+    return torch.from_numpy(aug(image.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+
+
+def test_tensor_dihedral_matches_the_numpy_one_and_inverts():
+    image = torch.rand(2, 5, 7)  # (C, H, W), not square
+    for flags in [(a, b, c) for a in (False, True) for b in (False, True) for c in (False, True)]:
+        aug = Dihedral(*flags)
+        expected = torch.from_numpy(aug(image.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+        torch.testing.assert_close(aug.apply_chw(image), expected)
+        torch.testing.assert_close(aug.apply_chw(aug.apply_chw(image), inverse=True), image)
+
+
+def test_step_choice_of_dual_pixel_and_gray_batches_and_augment_ref_off():
+    """[L, R] LQ: the mean of the views is compared; gray: one channel; augment_ref off: no flips."""
+    ref = _photo(8).repeat(2, 1, 1, 1)  # (2, 3, 64, 64)
+    crops = ref[:, :, 20:44, 8:32]  # the window at (20, 8) for both samples
+    flags = torch.tensor([[True, False, True], [False, True, False]])
+    lq = torch.stack([Dihedral(*f).apply_chw(c) for f, c in zip(flags.tolist(), crops)])
+    selector = DinoWindowSelector(_pool_features, patch_size=4, stride_divisor=6)  # stride 4: (20, 8) is on the grid
+    batch = {"lq": torch.cat([lq * 0.9, lq * 1.1], dim=1), "ref": ref, "dihedral": flags, "ref_dihedral": flags,
+             "window_ratio": torch.ones(2, 4, dtype=torch.long)}
+    torch.testing.assert_close(select_reference_windows(selector, batch)["ref"], lq)
+    gray = {**batch, "lq": lq.mean(1, keepdim=True), "ref": ref.mean(1, keepdim=True)}
+    torch.testing.assert_close(select_reference_windows(selector, gray)["ref"], lq.mean(1, keepdim=True))
+    plain = {**batch, "lq": lq, "ref_dihedral": torch.zeros_like(flags)}
+    torch.testing.assert_close(select_reference_windows(selector, plain)["ref"], crops)
+

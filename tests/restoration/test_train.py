@@ -48,6 +48,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_folders(tmp_path_factory.mktemp("tiny_data"))
 
 
+@pytest.fixture(scope="module")
+def tiny_dino(tmp_path_factory) -> Path:
+    from textualdeg.pretrained.dinov2 import save_tiny_dinov2
+
+    return save_tiny_dinov2(tmp_path_factory.mktemp("dinov2"), seed=3)
+
+
 def _opt(folders: dict[str, Path], exp: Path, *extra: str):
     return load_options(TINY, RESTORATION_SCHEMA, tiny_overrides(folders, exp) + list(extra))
 
@@ -103,6 +110,36 @@ def test_resume_mid_epoch_equals_uninterrupted_run(folders, tmp_path):
     assert any(not torch.equal(w2[k], w3[k]) for k in backbone)
 
 
+def test_dino_windows_chosen_in_the_step_resume_bit_identically(folders, tiny_dino, tmp_path):
+    """ref_crop: dino with references of two sizes (collated as a list) and a progressive
+    schedule: the windows are chosen on the device after the progressive crop; resuming
+    mid-epoch in the second stage gives the uninterrupted run's weights."""
+    refs = tmp_path / "ref"
+    for path in sorted(folders["train_ref"].glob("*.png")):
+        image = read_image(path)
+        if path.stem.endswith("_1"):  # a second reference size in most batches
+            image = np.ascontiguousarray(np.pad(image, ((0, 8), (0, 16), (0, 0)), mode="reflect"))
+        write_image(refs / path.name, image)
+    common = ["datasets.train.ref_crop=dino", f"path.pretrain_dino={tiny_dino}", f"datasets.train.dataroot_ref={refs}",
+              "datasets.train.mini_batch_sizes=[4,2]", "datasets.train.iters=[3,5]", "datasets.train.gt_sizes=[32,40]",
+              "datasets.train.gt_size=40", "train.scheduler.periods=[8]", "val.val_freq=100"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"  # 12 images, batch 4: step 4 is mid-epoch
+    train(_opt(folders, whole, "train.total_iter=8", "logger.save_checkpoint_freq=8", *common))
+    train(_opt(folders, parts, "train.total_iter=4", "logger.save_checkpoint_freq=4", *common))
+    train(_opt(folders, parts, "train.total_iter=8", "logger.save_checkpoint_freq=4", *common))
+    assert "DINOv2 window selection (ref_crop: dino) in the training step on cpu" in (
+        whole / "logs" / "train.log").read_text()
+    a, b = _weights(whole), _weights(parts)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_dino_without_pretrain_dino_is_an_error_naming_the_key(folders, tmp_path):
+    with pytest.raises(ValueError, match="path.pretrain_dino"):
+        train(_opt(folders, tmp_path / "run", "datasets.train.ref_crop=dino", "train.total_iter=1"))
+
+
 def test_refined_path_resumes_bit_identically_with_correspondence_loss_and_frozen_reference(folders, tmp_path):
     """reference_mode: refined, the correspondence loss (its random shifts come from the
     resumed RNG) and param_fix_group: reference (the authors' intent: masa_* frozen)."""
@@ -137,9 +174,14 @@ def test_correspondence_loss_needs_the_refined_path(folders, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path_options", [[], ["network_g.reference_mode=refined",
-                                               "train.correspondence_opt.loss_weight=0.1"]],
-                         ids=["masa", "refined"])
-def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_path, path_options):
+                                               "train.correspondence_opt.loss_weight=0.1"],
+                                          ["datasets.train.ref_crop=dino", "path.pretrain_dino={dino}",
+                                           "datasets.train.gt_size=32"],
+                                          ["train.param_fix_iterations=2", "train.param_fix_group=reference",
+                                           "train.micro_batches=2"]],
+                         ids=["masa", "refined", "dino", "frozen-then-trained-accumulated"])
+def test_two_processes_match_one_process_with_same_global_batch(folders, tiny_dino, tmp_path, path_options):
+    path_options = [option.format(dino=tiny_dino) for option in path_options]
     common = ["train.total_iter=3", "train.scheduler.periods=[3]", "val.val_freq=100", "train.warmup_iter=-1",
               "logger.save_checkpoint_freq=3", *path_options]
     one = tmp_path / "one"
@@ -157,11 +199,22 @@ def test_two_processes_match_one_process_with_same_global_batch(folders, tmp_pat
     # refined: the correspondence loss's softmax over all positions is summed in another
     # order on two processes, and Adam's first steps divide the deepest encoder biases'
     # tiny gradients by their own size (measured 1.5e-5 after 3 steps at lr 1e-3)
-    tolerance = 5e-5 if path_options else 1e-5
+    tolerance = 5e-5 if "network_g.reference_mode=refined" in path_options else 1e-5
     assert (a[worst] - b[worst]).abs().max().item() < tolerance, (worst, (a[worst] - b[worst]).abs().max().item())
     torch.manual_seed(100)  # manual_seed: the initial weights of both runs
     start = ARCH_REGISTRY.build(_opt(folders, one, *path_options).network_g.to_dict()).state_dict()
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # the runs really trained
+    # the validation at the end ran on both processes (2 of the 4 images each), its record written once
+    one_val, two_val = ([json.loads(line) for line in (exp / "logs" / "val_metrics.jsonl").read_text().splitlines()]
+                        for exp in (one, two))
+    assert [(r["step"], r["dataset"]) for r in two_val] == [(3, "tiny_val")]
+    assert [(r["step"], r["dataset"]) for r in one_val] == [(3, "tiny_val")]
+    assert abs(one_val[0]["psnr"] - two_val[0]["psnr"]) < 0.01 and abs(one_val[0]["ssim"] - two_val[0]["ssim"]) < 1e-4
+
+    def pictures(exp: Path) -> list[str]:
+        return sorted(p.name for p in (exp / "visualization" / "tiny_val").glob("*.png"))
+
+    assert pictures(two) == pictures(one) and len(pictures(one)) == 2  # val.max_vis_images
 
 
 def test_missing_guidance_image_is_an_error_naming_the_file(folders, tmp_path):

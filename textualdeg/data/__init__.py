@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from textualdeg.data.guided_base import DINO_KEYS, collate_guided
 from textualdeg.data.mixture import AllInOneRefDataset, MixtureDataset
 from textualdeg.data.noise import GaussianDenoisingRefDataset
 from textualdeg.data.paired import PairedDehazeRefDataset, PairedDualPixelRefDataset, PairedImageRefDataset
@@ -34,8 +35,7 @@ def build_dataset(spec: Mapping[str, Any], **extra: Any) -> Any:
     Args:
         spec: the dataset section (``type`` plus constructor keys; the loader keys in
             ``LOADER_KEYS`` are dropped).
-        **extra: keys added or overridden, e.g. ``phase="train"``, ``seed=100``,
-            ``pretrain_dino=opt.path.pretrain_dino``.
+        **extra: keys added or overridden, e.g. ``phase="train"``, ``seed=100``.
 
     Returns:
         The dataset instance.
@@ -46,6 +46,7 @@ def build_dataset(spec: Mapping[str, Any], **extra: Any) -> Any:
 __all__ = [
     "AllInOneRefDataset",
     "DATASET_REGISTRY",
+    "DINO_KEYS",
     "GaussianDenoisingRefDataset",
     "LOADER_KEYS",
     "MixtureDataset",
@@ -54,6 +55,7 @@ __all__ = [
     "PairedImageRefDataset",
     "ProgressiveSchedule",
     "build_dataset",
+    "collate_guided",
     "crop_batch",
     "pair_folders",
 ]

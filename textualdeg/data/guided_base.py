@@ -6,16 +6,21 @@ data defects fixed (IDs as in docs/official_differences.md):
 - 8- and 16-bit files are read by ``textualdeg.imageio`` (D28); an LQ/GT size mismatch
   is an error naming both files; a corrupt file is an error naming it, or with
   ``skip_bad_images`` a logged skip to the next readable item (never zeros, D12);
-- the guidance crop follows ``ref_crop``: ``dino`` picks the reference window that
-  matches the LQ crop by DINOv2 patch-token similarity (the authors do this in the
-  model, on the unaugmented reference, D24), ``resize`` resizes the whole reference to
-  ``ref_size`` squared, ``full`` passes it untouched. The same flip/rotation as LQ/GT is
-  applied to the reference (``augment_ref``) so that its layout stays aligned.
+- the guidance crop follows ``ref_crop``: ``resize`` resizes the whole reference to
+  ``ref_size`` squared, ``full`` passes it untouched, and the same flip/rotation as
+  LQ/GT is applied to it (``augment_ref``) so that its layout stays aligned. ``dino``
+  (training only) passes the whole, unaugmented reference plus what the window choice
+  needs (``DINO_KEYS``): the training step picks, batched on the training device, the
+  window that matches the final LQ crop by DINOv2 patch-token similarity
+  (``textualdeg.restoration.dino_window.select_reference_windows``), as the authors do
+  in their model step (D24). No model lives in a dataset or a data-loader worker.
 
 Items are dicts ``{"lq": (C, h, w), "gt": (C, h, w), "ref": (C, hr, wr), "lq_path",
-"gt_path", "ref_path"}``, float32 tensors in [0, 1]. Randomness comes from a numpy
-Generator derived from (``seed``, epoch, index): call ``set_epoch`` each epoch and a
-resumed run sees the same crops.
+"gt_path", "ref_path"}``, float32 tensors in [0, 1]; ``ref_crop: dino`` training items
+add ``dihedral`` and ``ref_dihedral`` (3,) bool and ``window_ratio`` (4,) int64.
+Randomness comes from a numpy Generator derived from (``seed``, epoch, index): call
+``set_epoch`` each epoch and a resumed run sees the same crops. ``collate_guided``
+batches items whose references differ in size (``ref_crop: dino``) as a list.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -24,10 +29,11 @@ Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, default_collate
 
 from textualdeg.data.pairing import ImageTriple
 from textualdeg.data.transforms import (
@@ -43,15 +49,24 @@ from textualdeg.log import get_logger
 logger = get_logger(__name__)
 
 __all__ = [
+    "DINO_KEYS",
     "DINO_WINDOWS",
     "GuidedDatasetBase",
     "PHASES",
     "REF_CROPS",
+    "collate_guided",
 ]
 
 REF_CROPS = ("dino", "resize", "full")
 DINO_WINDOWS = ("crop", "relative")
 PHASES = ("train", "val", "test")
+# What a ``ref_crop: dino`` training item adds for the window choice in the training step:
+#   dihedral      (3,) bool   (hflip, vflip, transpose) applied to LQ/GT (``Dihedral.flags``)
+#   ref_dihedral  (3,) bool   the same, to apply to the chosen window (none: augment_ref false)
+#   window_ratio  (4,) int64  (num_h, den_h, num_w, den_w): window side = round(crop side * num / den)
+#                             in reference pixels; (1, 1, 1, 1) for ``dino_window: crop``,
+#                             (ref H, image H, ref W, image W) for ``relative``
+DINO_KEYS = ("dihedral", "ref_dihedral", "window_ratio")
 
 
 class GuidedDatasetBase(Dataset):
@@ -71,12 +86,9 @@ class GuidedDatasetBase(Dataset):
         ref_size (int): side of the square reference for ``ref_crop="resize"``.
         augment_ref (bool): apply the LQ/GT flip/rotation to the reference too (a
             non-square ``full`` reference then changes orientation: batch such
-            references with ``resize`` or ``dino``).
-        pretrain_dino (str | None): DINOv2 folder or hub file, needed for ``dino``.
+            references with ``resize`` or ``dino``); with ``dino``, to the chosen window.
         dino_window (str): ``crop`` (window = LQ crop size in reference pixels, the
             authors') or ``relative`` (LQ crop size scaled by reference size / image size).
-        dino_selector (object | None): a ready ``DinoWindowSelector`` (overrides
-            ``pretrain_dino``; for tests and for sharing one model).
         in_ch (int): 3 (RGB) or 1: gray, read with BT.601 weights, cropped and degraded
             as one channel; the item is (1, H, W) for a 1-channel network (the official
             Restormer gray models), or (3, H, W) with ``gray_to_rgb``.
@@ -102,9 +114,7 @@ class GuidedDatasetBase(Dataset):
         ref_crop: str = "full",
         ref_size: int = 512,
         augment_ref: bool = True,
-        pretrain_dino: str | None = None,
         dino_window: str = "crop",
-        dino_selector: Any = None,
         in_ch: int = 3,
         gray_to_rgb: bool = False,
         seed: int = 0,
@@ -130,9 +140,6 @@ class GuidedDatasetBase(Dataset):
             raise ValueError(f"io_backend must be {{'type': 'disk'}}, got {dict(io_backend)}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        if ref_crop == "dino" and phase == "train" and dataroot_ref is not None:
-            if pretrain_dino is None and dino_selector is None:
-                raise ValueError("ref_crop='dino' needs pretrain_dino (a DINOv2 folder or hub checkpoint)")
         self.dataroot_ref = dataroot_ref
         self.phase = phase
         self.gt_size = gt_size
@@ -140,7 +147,7 @@ class GuidedDatasetBase(Dataset):
             use_hflip = use_rot = bool(geometric_augs)
         self.use_hflip, self.use_rot = use_hflip, use_rot
         self.ref_crop, self.ref_size, self.augment_ref = ref_crop, ref_size, augment_ref
-        self.pretrain_dino, self.dino_window, self._selector = pretrain_dino, dino_window, dino_selector
+        self.dino_window = dino_window
         self.in_ch = in_ch
         self.gray_to_rgb = bool(gray_to_rgb) and in_ch == 1
         self.channels = "rgb" if in_ch == 3 else "gray"
@@ -204,32 +211,11 @@ class GuidedDatasetBase(Dataset):
         (lq, gt), _ = paired_random_crop([lq, gt], self.gt_size, rng)
         return lq, gt
 
-    def _guide_view(self, lq: np.ndarray) -> np.ndarray:
-        """The part of the LQ crop that DINOv2 compares with the reference (all of it)."""
-        return lq
-
-    def _select_ref(self, ref: np.ndarray, lq_crop: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-        """The guidance for a training crop, as ``ref_crop`` says."""
+    def _select_ref(self, ref: np.ndarray) -> np.ndarray:
+        """The guidance for a training item (or any ``resize`` item), as ``ref_crop`` says."""
         if self.ref_crop == "resize":
             return resize_image(ref, (self.ref_size, self.ref_size))
-        if self.ref_crop == "full" or self.phase != "train":
-            return ref
-        selector = self._selector
-        if selector is None:
-            # imported here: data/ sits below restoration/ in the package
-            from textualdeg.restoration.dino_window import shared_selector
-
-            selector = shared_selector(self.pretrain_dino)
-        h, w = lq_crop.shape[:2]
-        if self.dino_window == "relative":
-            window = (max(1, round(h * ref.shape[0] / image_hw[0])), max(1, round(w * ref.shape[1] / image_hw[1])))
-        else:
-            window = (h, w)
-        if lq_crop.shape[2] == 1:  # DINOv2 compares RGB images: gray as three equal channels
-            lq_crop, ref = np.repeat(lq_crop, 3, axis=2), np.repeat(ref, 3, axis=2)
-        crop = selector(image_to_tensor(lq_crop)[None], image_to_tensor(ref)[None], window)  # (1, C, h, w)
-        crop = crop[:, : self.in_ch]  # gray: one of the equal channels
-        return np.ascontiguousarray(crop[0].permute(1, 2, 0).numpy())  # (h, w, C)
+        return ref  # full, or dino: the window is chosen in the training step
 
     def _finish(
         self,
@@ -242,13 +228,14 @@ class GuidedDatasetBase(Dataset):
         lq_path: str | None = None,
     ) -> dict[str, Any]:
         """Guidance crop, shared augmentation and conversion to the item dict."""
+        dino = ref is not None and self.phase == "train" and self.ref_crop == "dino"
         if ref is not None:
             if self.phase == "train" or self.ref_crop == "resize":
-                ref = self._select_ref(ref, self._guide_view(lq), image_hw)
+                ref = self._select_ref(ref)
         if self.phase == "train":
             aug = Dihedral.draw(rng, self.use_hflip, self.use_rot)
             lq, gt = aug(lq), aug(gt)
-            if ref is not None and self.augment_ref:
+            if ref is not None and self.augment_ref and not dino:  # dino: applied to the window
                 ref = aug(ref)
         if self.gray_to_rgb:
             lq, gt = np.repeat(lq, 3, axis=2), np.repeat(gt, 3, axis=2)  # (h, w, 1) -> (h, w, 3)
@@ -262,4 +249,48 @@ class GuidedDatasetBase(Dataset):
         if ref is not None:
             item["ref"] = image_to_tensor(ref)
             item["ref_path"] = str(paths.ref)
+        if dino:
+            item.update(self._dino_geometry(aug, ref.shape[:2], image_hw))
         return item
+
+    def _dino_geometry(self, aug: Dihedral, ref_hw: tuple[int, int], image_hw: tuple[int, int]) -> dict[str, Any]:
+        """The ``DINO_KEYS`` of a ``ref_crop: dino`` training item."""
+        if self.dino_window == "relative":
+            ratio = (ref_hw[0], image_hw[0], ref_hw[1], image_hw[1])
+        else:
+            ratio = (1, 1, 1, 1)
+        return {
+            "dihedral": torch.tensor(aug.flags),
+            "ref_dihedral": torch.tensor(aug.flags if self.augment_ref else (False, False, False)),
+            "window_ratio": torch.tensor(ratio, dtype=torch.int64),
+        }
+
+
+def collate_guided(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that references of different sizes become a list.
+
+    ``ref_crop: dino`` items carry whole references, which may differ in size (several
+    datasets in a mixture, guidance images of several sizes): their ``ref`` is then a
+    list of B (C, Hr_i, Wr_i) tensors, and the training step chooses the windows per
+    size (``textualdeg.restoration.dino_window.select_reference_windows``), so nothing
+    is resized on the way. Other items must have references of one size.
+
+    Args:
+        items: dataset items (``lq``, ``gt``, optionally ``ref``, ...).
+
+    Returns:
+        The batch: tensors stacked to (B, ...), strings as lists, ``ref`` stacked or a list.
+
+    Raises:
+        ValueError: references of different sizes without ``ref_crop: dino``.
+    """
+    refs = [item.get("ref") for item in items]
+    if any(r is None for r in refs) or len({tuple(r.shape) for r in refs}) == 1:
+        return default_collate(list(items))
+    if not all(DINO_KEYS[0] in item for item in items):
+        sizes = sorted({tuple(r.shape[-2:]) for r in refs})
+        raise ValueError(f"guidance images of different sizes {sizes} in one batch "
+                         f"({[item.get('ref_path') for item in items]}): use ref_crop: resize or dino")
+    batch = default_collate([{k: v for k, v in item.items() if k != "ref"} for item in items])
+    batch["ref"] = list(refs)
+    return batch

@@ -205,7 +205,7 @@ class AllInOneRefDataset(MixtureDataset):
         seed (int): base seed.
         name (str): name in logs; the components are named ``<name>/<task>``.
         **kwargs: shared options for every component (``phase``, ``gt_size``,
-            ``use_hflip``, ``use_rot``, ``ref_crop``, ``pretrain_dino``, ...).
+            ``use_hflip``, ``use_rot``, ``ref_crop``, ``dino_window``, ...).
     """
 
     def __init__(

@@ -95,7 +95,8 @@ class PairedDualPixelRefDataset(GuidedDatasetBase):
 
     Replaces ``Dataset_PairedImageWithRef_DualPixel_16bit``, which read the right view
     from the left path and decoded the 16-bit files as 8-bit (D28). The LQ item is
-    ``[L, R]`` (6, h, w); DINOv2 compares the mean of the two views with the reference.
+    ``[L, R]`` (6, h, w); with ``ref_crop: dino`` the training step compares the mean of
+    the two views with the reference.
 
     Args:
         dataroot_gt (str): all-in-focus targets.
@@ -123,9 +124,6 @@ class PairedDualPixelRefDataset(GuidedDatasetBase):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def _guide_view(self, lq: np.ndarray) -> np.ndarray:
-        return 0.5 * (lq[:, :, :3] + lq[:, :, 3:])  # mean of the left and right views (h, w, 3)
 
     def _load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         paths, right_path = self.items[index], self.rights[index]

@@ -5,8 +5,10 @@ iterations with patches of ``gt_sizes[j]`` and ``batch_sizes[j]`` samples per pr
 The loader always yields the largest batch and patch; each iteration takes a random
 subset of the samples and one random window of the smaller size, the same window for the
 whole batch. Unlike the authors' driver, the guidance is subset with the LQ and GT (D20
-in docs/official_differences.md), and cropped with them when asked (``crop_ref``: the
-reference is the window aligned with the LQ crop, ``ref_crop: dino``).
+in docs/official_differences.md), and cropped with them when asked (``crop_ref``: a
+reference aligned pixel for pixel with the LQ crop). With ``ref_crop: dino`` the batch
+holds whole references and the training step chooses their windows after this crop, so
+the window follows the final LQ crop.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -79,14 +81,16 @@ def crop_batch(
     """Take a random subset of a batch and one random ``gt_size`` window of it.
 
     Args:
-        batch: collated items; ``lq`` and ``gt`` are (B, C, H, W). ``ref`` and every
-            other tensor or list with B entries (paths, tasks) are subset with them.
+        batch: collated items; ``lq`` and ``gt`` are (B, C, H, W). ``ref`` (a tensor
+            or a list of B references) and every other tensor or list with B entries
+            (paths, tasks, ``DINO_KEYS``) are subset with them.
         gt_size (int): window side (<= H and W); equal to H and W means no crop.
         batch_size (int): samples to keep (<= B).
         generator (torch.Generator | None): source of randomness (CPU generator).
         crop_ref (bool): crop ``ref`` with the same window; only meaningful when the
-            reference is the window aligned with the LQ crop (``ref_crop: dino``), not
-            a whole (resized) reference.
+            reference is aligned pixel for pixel with the LQ crop, not a whole (resized)
+            reference (``ref_crop: dino`` batches hold whole references: their windows
+            are chosen after this crop).
 
     Returns:
         A new dict; tensors are views or index copies of the input.

@@ -14,7 +14,7 @@ Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -135,6 +135,24 @@ class Dihedral:
         if self.transpose:
             image = image.transpose(1, 0, 2)  # (W, H, C)
         return np.ascontiguousarray(image)
+
+    @property
+    def flags(self) -> tuple[bool, bool, bool]:
+        """``(hflip, vflip, transpose)``, the order ``Dihedral(*flags)`` takes."""
+        return self.hflip, self.vflip, self.transpose
+
+    def apply_chw(self, image: Any, inverse: bool = False) -> Any:
+        """Apply the transform (or its inverse) to a (..., C, H, W) torch tensor.
+
+        The same geometry as ``__call__`` on an (H, W, C) array; the inverse undoes it
+        (transpose, then vflip, then hflip).
+        """
+        steps = [(self.hflip, lambda t: t.flip(-1)), (self.vflip, lambda t: t.flip(-2)),
+                 (self.transpose, lambda t: t.transpose(-2, -1))]  # transpose: (..., C, W, H)
+        for active, op in reversed(steps) if inverse else steps:
+            if active:
+                image = op(image)
+        return image
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

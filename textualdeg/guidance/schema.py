@@ -146,6 +146,8 @@ _TRAIN_FIELDS = {
     "adam_epsilon": Field(float, 1e-8, help="AdamW eps"),
     "max_grad_norm": Field(float, 1.0, help="gradient clipping (global norm); 0 disables"),
     "mixed_precision": Field(str, "no", choices=MIXED_PRECISION, help="accelerate mixed precision (authors: no)"),
+    "process_group_timeout_min": Field(int, 120, help="minutes a process waits for the others (validation, "
+                                                      "checkpoints) before the run fails; NCCL's default is 10"),
     "gradient_checkpointing": Field(bool, False, help="recompute UNet activations in backward (less memory)"),
     "checkpointing_steps": Field(int, 200, help="save the full training state every N optimizer steps (authors: 200)"),
     "checkpoints_total_limit": Field(int, 3, help="full states kept under experiments/<name>/state"),

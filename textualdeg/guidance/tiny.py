@@ -13,7 +13,7 @@
 * ``DIR/clip-vision/``: a transformers ``CLIPVisionModel`` folder holding the *same*
   vision weights as the open_clip file (converted), so both give the same features.
   224 px input, patch 14: 257 tokens of width 32.
-* ``DIR/dinov2/``: a tiny DINOv2 written by ``textualdeg.restoration.dino_window.save_tiny_dinov2``.
+* ``DIR/dinov2/``: a tiny DINOv2 written by ``textualdeg.pretrained.dinov2.save_tiny_dinov2``.
 
 Everything loads back through the loaders users run (``load_stable_diffusion``,
 ``load_clip_vision``). Paper: "Improving Image Restoration through Removing Degradations
@@ -225,7 +225,7 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
     Args:
         folder: output root (created; existing files are overwritten).
         seed: base seed; each component uses its own offset from it.
-        dinov2: also write the tiny DINOv2 (through ``textualdeg.restoration.dino_window``).
+        dinov2: also write the tiny DINOv2 (through ``textualdeg.pretrained.dinov2``).
 
     Returns:
         Paths keyed ``stable_diffusion`` (folder), ``clip_vision`` (transformers folder),
@@ -242,7 +242,7 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
     _write_stable_diffusion(paths["stable_diffusion"], seed)
     paths["open_clip"] = _write_clip(root / "open_clip", paths["clip_vision"], seed + 10)
     if dinov2:
-        from textualdeg.restoration.dino_window import save_tiny_dinov2
+        from textualdeg.pretrained.dinov2 import save_tiny_dinov2
 
         save_tiny_dinov2(root / "dinov2", seed=seed + 20)
         paths["dinov2"] = root / "dinov2"

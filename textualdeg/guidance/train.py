@@ -517,9 +517,15 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
 
 
 def _validation(opt: Options, accelerator: Any, model: nn.Module, dataset: Dataset, exp_dir: Path) -> ValidateFn:
-    """``validate``: one picture per validation, logged (and shown in TensorBoard); its record names it."""
+    """``validate``: one picture per validation, logged (and shown in TensorBoard); its record names it.
+
+    The engine calls it on every process; the few generated images are made on the main
+    process only (the others return no record and wait at the engine's barrier).
+    """
 
     def validate_step(step: int) -> list[dict[str, Any]]:
+        if not accelerator.is_main_process:
+            return []
         with accelerator.autocast():
             picture = validate(accelerator.unwrap_model(model), dataset, opt, step, exp_dir / "visualization")
         logger.info("validation images of step %d: %s", step, picture)

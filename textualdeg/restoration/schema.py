@@ -159,7 +159,15 @@ TRAIN_SCHEMA = Section(
                  "target (network_g.reference_mode: refined only; restoration/reference/refined.py)",
         ),
         "ema_decay": Field(float, 0.0, help="EMA decay of network_g (0: no EMA)"),
-        "mixed_precision": Field(str, "no", choices=("no", "fp16", "bf16"), help="accelerate mixed precision"),
+        "mixed_precision": Field(str, "no", choices=("no", "fp16", "bf16"),
+                                 help="accelerate mixed precision (bf16 autocast: docs/memory.md)"),
+        "activation_checkpointing": Field(str, "none", choices=("none", "level", "block"),
+                                          help="recompute activations in backward instead of keeping them: per "
+                                               "encoder/decoder level or per block (docs/memory.md)"),
+        "micro_batches": Field(int, 1, help="gradient accumulation: forward/backward each per-process batch in "
+                                            "this many parts, one optimizer step (same update, less memory)"),
+        "process_group_timeout_min": Field(int, 120, help="minutes a process waits for the others (validation, "
+                                                          "checkpoints) before the run fails; NCCL's default is 10"),
         "mixing_augs": MIXING_SCHEMA,
     },
     help="optimization",

@@ -5,7 +5,8 @@ Reads the options of ``options/train_restoration/*.yml`` (schema:
 the engine (``textualdeg.engine.Run``): run folder, accelerator, lock, logging and seed ->
 network (``build_model``) -> optimizer with its own lr for the ``masa_*`` reference/fusion
 parameters (``build_optimizer``) -> lr schedule (``textualdeg.restoration.lr_schedulers``)
--> data (``build_train_loader``) -> ``accelerator.prepare`` -> "Running training" block ->
+-> data (``build_train_loader``) -> with ``ref_crop: dino``, frozen DINOv2 on the training
+device (``build_window_selector``) -> ``accelerator.prepare`` -> "Running training" block ->
 trackers and resume (``Run.begin``) -> the step loop (``Run.loop`` with ``training_step``),
 with ``validate`` and checkpoints every N steps -> final weights and ``end_training``.
 
@@ -29,11 +30,13 @@ another number of processes with the same global batch, sees the same samples.
 Differences from the authors' driver (D18-D27 in docs/official_differences.md): any launcher
 (``accelerate launch``, ``torchrun``, ``python``); ``param_fix_iterations`` is read and
 freezes ``param_fix_group`` for that many steps (the backbone, so that only the ``masa_*``
-parameters train, or the ``masa_*`` parameters, the authors' intent) by dropping their
-gradients before the optimizer step (no
-``requires_grad`` toggling under DDP); floors of the cyclic cosine are capped at each
+parameters train, or the ``masa_*`` parameters, the authors' intent) by taking it out of
+autograd (``FreezeWindow``); memory options (``train.activation_checkpointing``, bf16
+``train.mixed_precision``, ``train.micro_batches`` for gradient accumulation; docs/memory.md)
+let the authors' batches fit; floors of the cyclic cosine are capped at each
 group's lr (D41); EMA and the whole training state resume; validation writes side-by-side
-images under the run folder, never into the working directory.
+images under the run folder, never into the working directory, and is sharded over the
+processes (each scores its images on its device; the scores are gathered, D27).
 
 Usage::
 
@@ -63,16 +66,18 @@ from torch.utils.data import DataLoader, Dataset
 import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
 from textualdeg.data.sampling import DataPosition, EpochSampler, sample_seed
 from textualdeg.checkpoint import save_weights
-from textualdeg.data import ProgressiveSchedule, build_dataset, crop_batch
+from textualdeg.data import DINO_KEYS, ProgressiveSchedule, build_dataset, collate_guided, crop_batch
 from textualdeg.engine import Run, Schedule, StepFn, ValidateFn, build_trackers
 from textualdeg.imageio import write_image
 from textualdeg.log import get_logger
 from textualdeg.metrics import Protocol, metric_kind, protocol_from_basicsr, score
 from textualdeg.options import Options
 from textualdeg.registry import LOSS_REGISTRY
+from textualdeg.restoration.dino_window import DinoWindowSelector, select_reference_windows
 from textualdeg.restoration.ema import ModelEMA
 from textualdeg.restoration.inference import restore_tensor
 from textualdeg.restoration.losses import pixel_loss
+from textualdeg.restoration.micro_batches import split_batch
 from textualdeg.restoration.network import REF_PREFIX, build_network, is_guided
 from textualdeg.restoration.stage_losses import StageLoss
 from textualdeg.restoration.lr_schedulers import build_scheduler
@@ -203,21 +208,24 @@ def build_restoration_dataset(ds_opt: Options, phase: str, name: str, seed: int,
     """Instantiate one ``datasets.<key>`` entry of a stage-4 option file (``textualdeg.data.build_dataset``).
 
     Only the keys that are set are passed (unset ones keep the class defaults), plus
-    ``phase`` (train / val), ``name``, ``seed`` and, for ``ref_crop: dino``,
-    ``path.pretrain_dino``. A training set without ``ref_crop`` uses ``dino`` when
-    ``path.pretrain_dino`` is set, as the authors' driver always did.
+    ``phase`` (train / val), ``name`` and ``seed``. A training set without ``ref_crop``
+    uses ``dino`` when ``pretrain_dino`` (``path.pretrain_dino``) is set, as the authors'
+    driver always did; the dataset then passes whole references and the training step
+    chooses the windows (``build_window_selector``). No model is given to the dataset.
     """
     spec = {k: v for k, v in ds_opt.to_dict().items() if v is not None and k != "name"}
-    extra: dict[str, Any] = {"phase": phase, "name": name, "seed": seed}
     if phase == "train" and pretrain_dino and "ref_crop" not in spec:
         spec["ref_crop"] = "dino"  # the authors' files: DINOv2 picks the window whenever pretrain_dino is set
-    if spec.get("ref_crop") == "dino" and pretrain_dino:
-        extra["pretrain_dino"] = pretrain_dino
-    return build_dataset(spec, **extra)
+    return build_dataset(spec, phase=phase, name=name, seed=seed)
 
 
 def build_train_loader(opt: Options, num_processes: int) -> tuple[DataLoader, Dataset]:
-    """The training DataLoader over ``SeededDataset`` with an ``EpochSampler`` (not yet prepared)."""
+    """The training DataLoader over ``SeededDataset`` with an ``EpochSampler`` (not yet prepared).
+
+    Batches are collated by ``textualdeg.data.collate_guided``: with ``ref_crop: dino``
+    the whole references (a list when their sizes differ) and the ``DINO_KEYS`` for the
+    window choice in the step; the workers hold no model.
+    """
     ds_opt = opt.datasets["train"]
     dataset = build_restoration_dataset(ds_opt, "train", ds_opt.name or "train", opt.manual_seed,
                                         opt.path.pretrain_dino)
@@ -229,6 +237,7 @@ def build_train_loader(opt: Options, num_processes: int) -> tuple[DataLoader, Da
         batch_size=batch,
         sampler=sampler,
         drop_last=True,
+        collate_fn=collate_guided,
         num_workers=ds_opt.num_worker_per_gpu,
         pin_memory=ds_opt.pin_memory,
         persistent_workers=False,
@@ -254,14 +263,46 @@ def build_progressive(ds_opt: Options) -> ProgressiveSchedule | None:
     return None if trivial else schedule
 
 
-def apply_progressive(batch: dict, schedule: ProgressiveSchedule | None, seed: int, step: int,
-                      crop_ref: bool) -> dict:
-    """Subset and crop the batch for the stage of ``step`` (0-based); the reference is subset too (D20)."""
+def apply_progressive(batch: dict, schedule: ProgressiveSchedule | None, seed: int, step: int) -> dict:
+    """Subset and crop the batch for the stage of ``step`` (0-based); the reference is subset too (D20).
+
+    References are never cropped here: they are whole (``resize``, ``full``, or ``dino``,
+    whose windows ``select_reference_windows`` chooses afterwards for the final LQ crop).
+    """
     if schedule is None:
         return batch
     gt_size, batch_size = schedule(step + 1)  # BasicSR counts iterations from 1
     generator = torch.Generator().manual_seed(sample_seed(_PROGRESSIVE_STREAM, seed, step))
-    return crop_batch(batch, gt_size, batch_size, generator=generator, crop_ref=crop_ref)
+    return crop_batch(batch, gt_size, batch_size, generator=generator)
+
+
+def build_window_selector(opt: Options, device: torch.device, mixed_precision: str,
+                          guided: bool) -> DinoWindowSelector | None:
+    """The DINOv2 window selector of a ``ref_crop: dino`` run, or None.
+
+    Built once per run on the training device, frozen and in eval mode; it is not part
+    of the model, the optimizer or the saved state. DINOv2 runs in bf16/fp16 on a GPU
+    when ``train.mixed_precision`` says so, in float32 otherwise. None when the training
+    set does not use ``dino`` (``datasets.train.ref_crop``, or unset with
+    ``path.pretrain_dino`` set) or the network takes no guidance.
+
+    Raises:
+        ValueError: ``ref_crop: dino`` without ``path.pretrain_dino``.
+    """
+    ref_crop = opt.datasets["train"].ref_crop
+    if ref_crop != "dino" and not (ref_crop is None and opt.path.pretrain_dino):
+        return None
+    if not opt.path.pretrain_dino:
+        raise ValueError("datasets.train.ref_crop=dino needs path.pretrain_dino (a DINOv2 folder or "
+                         "torch-hub checkpoint)")
+    if not guided:
+        return None
+    dtype = torch.float32
+    if torch.device(device).type != "cpu":
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(mixed_precision), torch.float32)
+    selector = DinoWindowSelector.from_pretrained(opt.path.pretrain_dino, device=device, dtype=dtype)
+    logger.info("DINOv2 window selection (ref_crop: dino) in the training step on %s, %s", device, dtype)
+    return selector
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,11 +317,11 @@ def training_step(
     accelerator: Any,
     guided: bool,
     clip_norm: float | None,
-    frozen: list[nn.Parameter] | None = None,
     correspondence_weight: float = 0.0,
     generator: torch.Generator | None = None,
+    micro_batches: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Forward, loss, backward, clip, optimizer step; returns detached losses.
+    """Forward, loss, backward (per micro-batch), clip, optimizer step; returns detached losses.
 
     Args:
         model: the prepared network.
@@ -291,15 +332,42 @@ def training_step(
         accelerator: the ``Accelerator``.
         guided: call ``model(lq, ref)`` instead of ``model(lq)``.
         clip_norm: max global gradient norm, or None.
-        frozen: parameters whose gradients are dropped this step (``param_fix_group``).
         correspondence_weight: weight of the refined reference path's correspondence
             loss (the model is then called with ``clean=gt`` and returns it too).
         generator: seeded CPU generator for that loss's random moves (exact resume).
+        micro_batches: gradient accumulation: forward/backward the batch in this many
+            parts, each loss weighted by its share (``textualdeg.restoration.micro_batches``);
+            gradients are synchronised across processes once, after the last part.
 
     Returns:
         ``{"loss": scalar}`` (plus ``"grad_norm"`` when clipping, ``"correspondence"``
-        when that loss is on).
+        when that loss is on), means over the whole batch.
+
+    Raises:
+        torch.OutOfMemoryError: with the options that reduce memory (docs/memory.md).
     """
+    parts = split_batch(batch, micro_batches)
+    totals: dict[str, torch.Tensor] = {}
+    for index, (part, share) in enumerate(parts):
+        last = index == len(parts) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model), _memory_hint(model, accelerator):
+            losses = _forward_backward(model, part, criterion, accelerator, guided, correspondence_weight,
+                                       generator, share)
+        for key, value in losses.items():
+            totals[key] = totals[key] + value * share if key in totals else value * share
+    out = dict(totals)
+    if clip_norm is not None and accelerator.sync_gradients:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        out["grad_norm"] = accelerator.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def _forward_backward(model: nn.Module, batch: dict, criterion: nn.Module, accelerator: Any, guided: bool,
+                      correspondence_weight: float, generator: torch.Generator | None,
+                      share: float) -> dict[str, torch.Tensor]:
+    """One (micro-)batch: forward, loss, ``backward(share * loss)``; returns its detached losses."""
     lq, gt = batch["lq"], batch["gt"]
     extra = {}
     # a stage loss reads every output of a multi-stage network (through forward, for DDP)
@@ -317,17 +385,27 @@ def training_step(
             loss = loss + correspondence_weight * corr_loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {loss.item()} (inputs: {batch.get('lq_path')})")
-    accelerator.backward(loss)
-    if frozen:
-        for param in frozen:
-            param.grad = None  # AdamW skips parameters without a gradient: no update, no decay
-    out = {"loss": loss.detach(), **extra}
-    if clip_norm is not None and accelerator.sync_gradients:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        out["grad_norm"] = accelerator.clip_grad_norm_(params, clip_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return out
+    accelerator.backward(loss * share if share != 1.0 else loss)
+    return {"loss": loss.detach(), **extra}
+
+
+@contextlib.contextmanager
+def _memory_hint(model: nn.Module, accelerator: Any) -> Iterator[None]:
+    """Re-raise an out-of-memory error with the options that would reduce memory."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        from textualdeg.restoration.archs.memory import memory_advice  # TEMP
+        arch = type(accelerator.unwrap_model(model)).__name__
+        raise torch.OutOfMemoryError(f"{error}\n\nstage 4 ran out of memory in the training step of {arch}. "
+                                     f"{memory_advice(arch)}") from error
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error):  # the CPU allocator's out-of-memory message
+            raise
+        from textualdeg.restoration.archs.memory import memory_advice  # TEMP
+        arch = type(accelerator.unwrap_model(model)).__name__
+        raise torch.OutOfMemoryError(f"{error}\n\nstage 4 ran out of host memory in the training step of "
+                                     f"{arch}. {memory_advice(arch)}") from error
 
 
 def _metric_protocol(metric: Options) -> Protocol:
@@ -363,29 +441,45 @@ def side_by_side(lq: torch.Tensor, ref: torch.Tensor | None, out: torch.Tensor, 
 
 @torch.no_grad()
 def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step: int,
-             vis_dir: Path | None, device: torch.device) -> dict[str, dict[str, float]]:
-    """Score ``model`` on every validation set (batch 1, full images, full reference).
+             vis_dir: Path | None, device: torch.device, accelerator: Any = None) -> dict[str, dict[str, float]]:
+    """Score ``model`` on every validation set (batch 1, full images, full reference), sharded over processes.
 
     Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore_tensor``
     (reflect padding to the model's multiple, tiles when ``val.tile`` is set), then
-    ``textualdeg.metrics.score`` on the clamped output; with the same images, noise and
-    weights the numbers equal those of ``textualdeg.evaluation``. Runs under
+    ``textualdeg.metrics.score`` on the clamped output, on ``device`` (the batched torch
+    metrics in float64 on a GPU, the numpy reference on the CPU); with the same images,
+    noise and weights the numbers equal those of ``textualdeg.evaluation``. Runs under
     ``torch.no_grad()`` with the global RNG states saved and restored (seeded validation
     noise must not shift training randomness), and puts ``train()`` back.
 
+    With an ``accelerator`` of ``n`` processes, process ``r`` restores images ``r, r + n,
+    ...`` of each set; the per-image scores are gathered with their indices, and every
+    process returns the means over each image exactly once, summed in index order: the
+    numbers of one process. Call it on every process (the gather waits for all). The
+    side-by-side PNGs of the first ``val.max_vis_images`` images of a set
+    (``<vis_dir>/<dataset>/<stem>_<step>.png``) are written by the process that restored them.
+
+    Args:
+        model: the network (unwrapped; eval mode is set here).
+        val_sets: dataset name -> validation dataset (items ``lq``, ``gt``, ``ref``, seeded per index).
+        opt: the options (``val``, ``manual_seed``).
+        step: the step named in the PNG file names.
+        vis_dir: the PNG folder, or None (no PNGs).
+        device: where images are restored and scored.
+        accelerator: the ``Accelerator`` whose processes share the images; None: all images here.
+
     Returns:
-        dataset name -> metric name -> mean value.
+        dataset name -> metric name -> mean value (the same on every process).
     """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     was_training = model.training
     model.eval()
     guided = is_guided(model)
-    metrics = opt.val.metrics
-    results: dict[str, dict[str, float]] = {}
+    scores: list[tuple[str, int, dict[str, float]]] = []  # (dataset, image index, metric -> value)
     try:
         with _seeded_rngs(opt.manual_seed):
             for name, dataset in val_sets.items():
-                sums = {m: 0.0 for m in metrics}
-                for i in range(len(dataset)):
+                for i in range(rank, len(dataset), world):
                     item = dataset[i]
                     lq = item["lq"][None].to(device)  # (1, C, H, W)
                     ref = item["ref"][None].to(device) if guided else None  # (1, C, Hr, Wr)
@@ -393,16 +487,42 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
                     if getattr(dataset, "gray_to_rgb", False):  # gray scored as gray, as evaluation's replicate_gray
                         out, gt = out.mean(dim=1, keepdim=True), gt[:1]  # (1, 1, H, W), (1, H, W)
                     out = out.clamp(0, 1)
-                    for mname in metrics:
-                        sums[mname] += _score(metrics[mname], mname, out, gt)
+                    scores.append((name, i, _score(opt.val.metrics, out, gt)))
                     if vis_dir is not None and opt.val.save_img and i < opt.val.max_vis_images:
                         stem = Path(str(item.get("lq_path", f"{i:04d}"))).stem
                         write_image(vis_dir / name / f"{stem}_{step}.png",
                                     side_by_side(item["lq"], item.get("ref"), out[0], item["gt"]))
-                results[name] = {m: s / max(1, len(dataset)) for m, s in sums.items()}
     finally:
         model.train(was_training)
-    return results
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        scores = gather_object(scores)  # every process's list, concatenated in process order
+    return _mean_scores(scores, {name: len(dataset) for name, dataset in val_sets.items()}, list(opt.val.metrics))
+
+
+def _mean_scores(scores: Sequence[tuple[str, int, dict[str, float]]], sizes: dict[str, int],
+                 metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Means over each image of each set exactly once, summed in index order (as one process sums).
+
+    Args:
+        scores: (dataset, image index, metric -> value) of every image, from every process.
+        sizes: dataset name -> number of images.
+        metrics: the metric names.
+
+    Raises:
+        RuntimeError: an image has no score (a shard went missing).
+    """
+    by_index: dict[str, dict[int, dict[str, float]]] = {name: {} for name in sizes}
+    for name, index, values in scores:
+        by_index[name].setdefault(index, values)  # a repeated image counts once
+    means = {}
+    for name, size in sizes.items():
+        missing = sorted(set(range(size)) - set(by_index[name]))
+        if missing:
+            raise RuntimeError(f"validation of {name}: no score for images {missing[:10]} of {size}")
+        means[name] = {m: sum(by_index[name][i][m] for i in range(size)) / max(1, size) for m in metrics}
+    return means
 
 
 def _restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None, opt: Options) -> torch.Tensor:
@@ -410,10 +530,24 @@ def _restore(model: nn.Module, lq: torch.Tensor, ref: torch.Tensor | None, opt: 
     return restore_tensor(model, lq, ref=ref, tile=opt.val.tile or None, tile_overlap=opt.val.tile_overlap)
 
 
-def _score(metric: Options, name: str, pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """``val.metrics.<name>`` of one output (1, C, H, W) against its target (C, H, W)."""
-    kind = metric_kind(metric.type, f"val.metrics.{name}.type")
-    return score(pred, gt, _metric_protocol(metric), (kind,))[kind]
+def _score(metrics: Options, pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """Every ``val.metrics`` entry of one output (1, C, H, W) against its target (C, H, W).
+
+    Entries under the same protocol (PSNR and SSIM of one channel choice and crop) are
+    scored in one ``textualdeg.metrics.score`` call, which prepares the images once.
+
+    Returns:
+        metric name -> value, in the order of ``val.metrics``.
+    """
+    groups: dict[Protocol, list[tuple[str, str]]] = {}  # protocol -> (metric name, psnr | ssim)
+    for name in metrics:
+        kind = metric_kind(metrics[name].type, f"val.metrics.{name}.type")
+        groups.setdefault(_metric_protocol(metrics[name]), []).append((name, kind))
+    values = {}
+    for protocol, entries in groups.items():
+        result = score(pred, gt, protocol, [kind for _, kind in entries])
+        values.update({name: result[kind] for name, kind in entries})
+    return {name: values[name] for name in metrics}
 
 
 # ---------------------------------------------------------------------------------------
@@ -428,23 +562,46 @@ def save_network_weights(model: nn.Module, ema: ModelEMA | None, ckpt_dir: Path,
         save_weights(ema.module.state_dict(), ckpt_dir / f"net_g_ema_{tag}.safetensors", metadata=metadata)
 
 
-def _frozen_parameters(model: nn.Module, steps: int, group: str) -> list[nn.Parameter]:
-    """The parameters to freeze during the first ``steps`` steps (may be empty).
+class FreezeWindow:
+    """``train.param_fix_iterations``: ``param_fix_group`` is out of autograd for the first steps.
 
     ``group`` is ``backbone`` (everything but ``masa_*``: only the reference branch and
     fusion train) or ``reference`` (the ``masa_*`` parameters: only the backbone trains,
-    the authors' intent; their code never read the key).
+    the authors' intent; their code never read the key). ``apply(step)`` sets
+    ``requires_grad`` of the group for that step: while frozen no gradient is computed
+    for it (less compute and memory than computing and dropping it) and AdamW, which
+    skips parameters without a gradient, neither updates nor decays it, nor creates its
+    state; after the window the group trains and its Adam state starts then, as it would
+    have. The flags are a function of the step, so a resumed run sets them as the
+    uninterrupted one did. Under DDP the run is prepared with ``find_unused_parameters``
+    (``needs_unused_parameter_search``), which lets the reducer skip the frozen group.
     """
-    if steps <= 0:
-        return []
-    if not is_guided(model):
-        raise ValueError(
-            f"train.param_fix_iterations={steps} freezes the {group} of a guided network, but network_g has no "
-            f"masa_* (reference/fusion) parameters; set it to 0"
-        )
-    in_reference = group == "reference"
-    return [p for name, p in model.named_parameters()
-            if name.startswith(REF_PREFIX) == in_reference and p.requires_grad]
+
+    def __init__(self, model: nn.Module, steps: int, group: str) -> None:
+        self.steps = steps
+        self.params: list[nn.Parameter] = []
+        if steps <= 0:
+            return
+        if not is_guided(model):
+            raise ValueError(
+                f"train.param_fix_iterations={steps} freezes the {group} of a guided network, but network_g has "
+                f"no masa_* (reference/fusion) parameters; set it to 0"
+            )
+        in_reference = group == "reference"
+        self.params = [p for name, p in model.named_parameters()
+                       if name.startswith(REF_PREFIX) == in_reference and p.requires_grad]
+
+    @property
+    def needs_unused_parameter_search(self) -> bool:
+        """True when some parameters will be out of autograd for some steps (DDP must know)."""
+        return bool(self.params)
+
+    def apply(self, step: int) -> None:
+        """Freeze the group for optimizer step ``step`` (0-based) when ``step < steps``, else train it."""
+        trainable = step >= self.steps
+        for param in self.params:
+            if param.requires_grad != trainable:
+                param.requires_grad_(trainable)
 
 
 def _check_correspondence(model: nn.Module, weight: float) -> None:
@@ -494,11 +651,18 @@ def train(opt: Options) -> Path:
         raise ValueError("train.mixing_augs.mixup=true is not supported (the authors never enabled it)")
     if "train" not in opt.datasets:
         raise ValueError(f"datasets needs a 'train' entry; got {sorted(opt.datasets)}")
+    if opt.train.micro_batches < 1:
+        raise ValueError(f"train.micro_batches must be >= 1 (1: no gradient accumulation), got "
+                         f"{opt.train.micro_batches}")
     t, log = opt.train, opt.logger
     trackers = build_trackers(log.use_tb_logger, log.wandb.project, log.wandb.resume_id, run_name=opt.name)
-    with Run.open(opt, log_with=trackers) as run:
+    # a freeze window takes parameters out of autograd for a while: DDP must expect that
+    with Run.open(opt, log_with=trackers, find_unused_parameters=t.param_fix_iterations > 0) as run:
         accelerator = run.accelerator
         model = build_model(opt)
+        if t.activation_checkpointing != "none":  # TEMP lazy until archs/memory.py lands
+            from textualdeg.restoration.archs.memory import apply_activation_checkpointing
+            apply_activation_checkpointing(model, t.activation_checkpointing)
         optimizer = build_optimizer(model, t.optim_g)
         scheduler = build_scheduler(optimizer, t.scheduler.to_dict(), warmup_iter=t.warmup_iter,
                                     total_iter=t.total_iter)
@@ -509,7 +673,8 @@ def train(opt: Options) -> Path:
                     for k in opt.datasets if k.startswith("val")}
         ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
         guided = is_guided(model)
-        frozen = _frozen_parameters(model, t.param_fix_iterations, t.param_fix_group)
+        selector = build_window_selector(opt, accelerator.device, accelerator.mixed_precision, guided)
+        frozen = FreezeWindow(model, t.param_fix_iterations, t.param_fix_group)
         _check_correspondence(model, t.correspondence_opt.loss_weight)
 
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -526,7 +691,8 @@ def train(opt: Options) -> Path:
             save_network_weights(accelerator.unwrap_model(model), ema, ckpt_dir, str(tag), opt)
 
         run.loop(
-            loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen),
+            loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen,
+                                             selector),
             Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True),
             validate=_validation(opt, accelerator, model, ema, val_sets, run.exp_dir) if val_sets else None,
             save_weights=write_weights,
@@ -538,17 +704,27 @@ def train(opt: Options) -> Path:
 
 
 def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   criterion: nn.Module, ema: ModelEMA | None, guided: bool, frozen: list[nn.Parameter]) -> StepFn:
-    """One step of ``train``: the progressive crop, ``training_step``, the EMA update."""
+                   criterion: nn.Module, ema: ModelEMA | None, guided: bool, frozen: FreezeWindow,
+                   selector: DinoWindowSelector | None = None) -> StepFn:
+    """One step of ``train``: the progressive crop, the DINOv2 windows, ``training_step``, the EMA update.
+
+    With a ``selector`` (``ref_crop: dino``) the whole references of the batch, already on
+    the device, are replaced by the windows matching the final LQ crops, batched, before
+    the forward (``select_reference_windows``); the choice is deterministic, so resume and
+    the process count do not change it.
+    """
     t, ds_opt = opt.train, opt.datasets["train"]
     progressive = build_progressive(ds_opt)
     clip = t.grad_clip_norm if t.use_grad_clip else None
 
     def step_fn(batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
-        batch = apply_progressive(batch, progressive, opt.manual_seed, step, ds_opt.ref_crop == "dino")
+        batch = apply_progressive(batch, progressive, opt.manual_seed, step)
+        if selector is not None and DINO_KEYS[0] in batch:
+            batch = select_reference_windows(selector, batch)
         moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
+        frozen.apply(step)
         out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
-                            frozen if step < t.param_fix_iterations else None, t.correspondence_opt.loss_weight, moves)
+                            t.correspondence_opt.loss_weight, moves, t.micro_batches)
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         return out
@@ -558,11 +734,15 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
 
 def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA | None,
                 val_sets: dict[str, Dataset], exp_dir: Path) -> ValidateFn:
-    """``validate`` of the EMA (``val.use_ema``) or trained network: logged, one record per dataset."""
+    """``validate`` of the EMA (``val.use_ema``) or trained network: logged, one record per dataset.
+
+    Runs on every process (the engine calls it everywhere): the images are sharded over
+    the processes and the scores gathered; the main process logs and its records are written.
+    """
 
     def validate_step(step: int) -> list[dict[str, Any]]:
         net = ema.module if ema is not None and opt.val.use_ema else accelerator.unwrap_model(model)
-        results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device)
+        results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device, accelerator)
         for name, values in results.items():
             logger.info("validation %s at step %d: %s", name, step,
                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -587,6 +767,7 @@ __all__ = [
     "build_optimizer",
     "build_restoration_dataset",
     "build_train_loader",
+    "build_window_selector",
     "training_step",
     "validate",
     "side_by_side",

@@ -4,7 +4,8 @@ Sub-commands dispatch to the package; each imports its stage lazily so that
 ``textualdeg --help`` is fast and a stage's heavy dependencies (diffusers,
 transformers) load only when that stage runs.
 
-    textualdeg make-tiny DIR                 tiny random-weight SD/CLIP/DINOv2 folders
+    textualdeg make-tiny DIR                 tiny random-weight SD/CLIP/DINOv2/BERT folders
+    textualdeg train-instruction -opt FILE   fine-tune TextPromptIR's instruction encoder
     textualdeg train-restoration -opt FILE   stage 4 (same as scripts/train/train_restoration.py)
     textualdeg evaluate -opt FILE            stage 5 (same as scripts/eval/evaluate.py)
     textualdeg restore --input ... --output ... --experiment ...
@@ -26,6 +27,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-i2t": ("textualdeg.guidance.train", "main_i2t", "stage 1: train the image-to-text mapper"),
     "train-tr": ("textualdeg.guidance.train", "main_tr", "stage 2: train the textual-restoration mapper"),
     "generate": ("textualdeg.guidance.generate", "main", "stage 3: generate guidance images"),
+    "train-instruction": ("textualdeg.instruction.train", "main",
+                          "TextPromptIR: fine-tune the instruction encoder (BERT + task head)"),
     "train-restoration": ("textualdeg.restoration.train", "main", "stage 4: train a guided backbone"),
     "evaluate": ("textualdeg.evaluation", "main", "stage 5: PSNR/SSIM under a named protocol"),
     "restore": ("textualdeg.restore_photos", "main", "restore your own images with a trained experiment"),

@@ -68,7 +68,7 @@ from textualdeg.metrics import PRESETS, Protocol, score
 from textualdeg.metrics.protocol import CHANNELS, QUANTIZATIONS, SSIM_VARIANTS, Y_ROUNDINGS
 from textualdeg.options import Field, MapOf, Options, Section, parse_options, save_options
 from textualdeg.restoration.inference import resolve_device, restore_tensor
-from textualdeg.restoration.network import build_network, is_guided
+from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction
 
 logger = get_logger(__name__)
 
@@ -122,6 +122,8 @@ TEST_DATASET_SCHEMA = Section(
         "noise": Field(NOISE_SCHEMA, None, help="Gaussian noise (task: gaussian_denoise)"),
         "metrics": Field(DATASET_PROTOCOL_SCHEMA, None,
                          help="protocol of this dataset: overrides of the top-level metrics, or another preset"),
+        "instruction": Field(str, None, help="text-prompted networks (TextPromptIR): the instruction given with "
+                                             "every image of this set"),
     },
     help="one test set",
     aliases={"lqroot": "dataroot_lq", "hqroot": "dataroot_gt", "refroot": "dataroot_ref"},
@@ -144,6 +146,8 @@ EVALUATION_SCHEMA = Section(
                 "param_key_g": Field(str, None, help="entry of a wrapped .pth (params, params_ema)"),
                 "strict_load_g": Field(bool, True, help="require every weight key to match"),
                 "results_root": Field(str, None, path=True, help="output folder (default results/<name>)"),
+                "instruction_encoder": Field(str, None, path=True,
+                                             help="fine-tuned instruction encoder folder (text-prompted networks)"),
             },
             help="files and folders",
         ),
@@ -400,6 +404,24 @@ def resolve_checkpoint(path: Options) -> Path:
     return experiment_dir(train_opt) / "checkpoints" / "net_g_latest.safetensors"
 
 
+def _instruction_embeddings(opt: Options, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """Test set key -> the (H,) embedding of its ``instruction`` for a text-prompted network, else None.
+
+    Raises:
+        ValueError: a test set without ``instruction``, or no ``path.instruction_encoder``.
+    """
+    if not takes_instruction(model):
+        return None
+    from textualdeg.instruction.guidance import InstructionEmbedder
+
+    missing = [key for key, dataset in opt.datasets.items() if not dataset["instruction"]]
+    if missing:
+        raise ValueError(f"datasets.{missing[0]}.instruction is required: {opt.network_g.type} restores as an "
+                         "instruction says (e.g. 'I desire to remove rain from the image.')")
+    embedder = InstructionEmbedder.from_pretrained(opt.path.instruction_encoder, device)
+    return {key: embedder([dataset["instruction"]])[0] for key, dataset in opt.datasets.items()}
+
+
 def evaluate(opt: Options) -> dict[str, Any]:
     """Evaluate ``path.pretrain_network_g`` on every test set of ``opt`` (``EVALUATION_SCHEMA``).
 
@@ -434,10 +456,12 @@ def evaluate(opt: Options) -> dict[str, Any]:
     if is_guided(model) and unguided:
         raise ValueError(f"datasets.{unguided[0]}.dataroot_ref is required: {opt.network_g.type} is a guided "
                          "network (it restores with a guidance image)")
+    instructions = _instruction_embeddings(opt, model, device)
     results = []
     for key, dataset in opt.datasets.items():
         protocol = build_protocol(dataset["metrics"], default_protocol)
-        results.append(evaluate_dataset(model, key, dataset, protocol, opt.test, device, out_dir))
+        net = InstructedNetwork(model, instructions[key]) if instructions else model
+        results.append(evaluate_dataset(net, key, dataset, protocol, opt.test, device, out_dir))
     record = {
         "name": opt.name,
         "checkpoint": {"path": str(checkpoint), "sha256": _sha256(checkpoint)},

@@ -19,6 +19,11 @@ One command runs the two inference stages of the method on a file or a folder:
    ``--tile`` (``textualdeg.restoration.inference.restore_tensor``), guided models receiving the
    whole guidance image, and written atomically as ``OUTPUT/<stem>.png``.
 
+A text-prompted network (TextPromptIR) instead reads an instruction: ``--instruction "remove
+the rain"`` for every image, or, without it, the degradation each image shows, predicted
+from image statistics (``textualdeg.instruction.guidance.InstructionChooser``); the
+instruction encoder is the experiment's ``path.instruction_encoder``.
+
 Every missing piece (input, experiment folder, options file, weight file, generation
 option file, model folder, mapper file) is reported before any work starts, with its path.
 
@@ -27,6 +32,8 @@ Usage::
     textualdeg restore --input photos/ --output restored/ \\
         --experiment experiments/002_nafnet_gopro --generate-opt options/generate/sd21base_vith14.yml \\
         [--set generate.steps=50] [--tile 512 --tile-overlap 32] [--self-ensemble] [--device cuda]
+    textualdeg restore --input photos/ --output restored/ --experiment experiments/TextPromptIR_all_in_one_3task \
+        [--instruction "remove the rain"]
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -49,7 +56,7 @@ from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_
 from textualdeg.log import get_logger, setup_logging
 from textualdeg.options import Options, OptionsError, load_options, options_from_dict
 from textualdeg.restoration.inference import resolve_device, restore_tensor
-from textualdeg.restoration.network import build_network, is_guided
+from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction
 
 logger = get_logger(__name__)
 
@@ -84,6 +91,7 @@ class RestoreSummary:
     generated: int = 0
     reused: int = 0
     weights: Path | None = None
+    instructions: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,6 +376,7 @@ def restore_images(
     device: str | None = None,
     checkpoint: str | Path | None = None,
     bit_depth: int = 8,
+    instruction: str | None = None,
 ) -> RestoreSummary:
     """Guidance generation then guided restoration of a file or a folder (see the module docstring).
 
@@ -383,6 +392,9 @@ def restore_images(
         device: ``cpu``, ``cuda`` or None (cuda when available).
         checkpoint: a weight file instead of the experiment's own.
         bit_depth: 8 or 16 bits per channel in the output PNGs.
+        instruction: text-prompted networks (TextPromptIR): what to remove ("remove the
+            rain"); None predicts each image's degradation from the image
+            (``textualdeg.instruction.guidance.InstructionChooser``).
 
     Returns:
         A :class:`RestoreSummary`.
@@ -430,11 +442,29 @@ def restore_images(
 
     from tqdm.auto import tqdm
 
+    chooser = None
+    if takes_instruction(model):
+        from textualdeg.instruction.guidance import InstructionChooser, InstructionEmbedder
+
+        encoder = exp_opt.path.instruction_encoder
+        if not encoder or not Path(encoder).is_dir():
+            raise FileNotFoundError(f"path.instruction_encoder of {experiment}: no instruction encoder folder "
+                                    f"{encoder!r} (the instruction_encoder/ of "
+                                    "scripts/train/train_instruction_encoder.py)")
+        chooser = InstructionChooser(InstructionEmbedder.from_pretrained(encoder, torch_device), instruction)
+    elif instruction is not None:
+        logger.warning("--instruction ignored: %s reads no instruction", exp_opt.network_g.type)
+
     model.to(torch_device)
     channels = _input_channels(exp_opt)
     output_dir.mkdir(parents=True, exist_ok=True)
     for src, out, ref in zip(tqdm(inputs, desc="restore", unit="image"), outputs, refs):
-        summary.outputs.append(restore_file(model, src, out, ref, torch_device, channels=channels, tile=tile,
+        net = model
+        if chooser is not None:
+            text, embedding = chooser(read_image(src, "rgb"))
+            summary.instructions.append(text)
+            net = InstructedNetwork(model, embedding)
+        summary.outputs.append(restore_file(net, src, out, ref, torch_device, channels=channels, tile=tile,
                                             tile_overlap=tile_overlap, self_ensemble=self_ensemble,
                                             bit_depth=bit_depth))
     logger.info("restored %d images into %s", len(summary.outputs), output_dir)
@@ -470,6 +500,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of the PNGs (8)")
     parser.add_argument("--checkpoint", metavar="FILE",
                         help="weight file to load instead of the experiment's latest (EMA) weights")
+    parser.add_argument("--instruction", metavar="TEXT",
+                        help="text-prompted networks (TextPromptIR): what to remove, e.g. \"remove the rain\"; "
+                             "default: predicted from each image")
     return parser.parse_args(argv)
 
 
@@ -485,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = restore_images(
             args.input, args.output, args.experiment, generate_opt=args.generate_opt, overrides=args.set,
             tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
-            device=args.device, checkpoint=args.checkpoint, bit_depth=args.bit_depth,
+            device=args.device, checkpoint=args.checkpoint, bit_depth=args.bit_depth, instruction=args.instruction,
         )
     except (OSError, OptionsError, RestoreError) as error:
         sys.stderr.write(f"textualdeg restore: error: {error}\n")

@@ -103,3 +103,45 @@ def test_micro_batches_must_be_positive_before_anything_is_written(folders, tmp_
     with pytest.raises(ValueError, match="train.micro_batches must be >= 1"):
         train(opt)
     assert not (tmp_path / "run").exists()
+
+
+class _OutOfMemoryNet(torch.nn.Module):
+    """Raises what a full device (or the CPU allocator) raises."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")],
+                         ids=["device", "host"])
+def test_out_of_memory_in_the_step_names_the_options_that_reduce_memory(error):
+    from accelerate import Accelerator
+
+    from textualdeg.restoration.train import training_step
+
+    model = _OutOfMemoryNet(error)
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = {"lq": torch.zeros(2, 3, 8, 8), "gt": torch.zeros(2, 3, 8, 8)}
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        training_step(model, batch, torch.nn.L1Loss(), optimizer, Accelerator(cpu=True), False, None)
+    message = str(caught.value)
+    assert "ran out of" in message and "_OutOfMemoryNet" in message
+    assert "train.activation_checkpointing" in message and "train.mixed_precision: bf16" in message
+    assert "train.micro_batches" in message and "batch_size_per_gpu" in message
+
+
+def test_other_runtime_errors_in_the_step_pass_unchanged():
+    from accelerate import Accelerator
+
+    from textualdeg.restoration.train import training_step
+
+    model = _OutOfMemoryNet(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        training_step(model, {"lq": torch.zeros(1, 3, 8, 8), "gt": torch.zeros(1, 3, 8, 8)}, torch.nn.L1Loss(),
+                      torch.optim.AdamW(model.parameters()), Accelerator(cpu=True), False, None)

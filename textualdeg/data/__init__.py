@@ -26,6 +26,7 @@ from textualdeg.registry import DATASET_REGISTRY
 LOADER_KEYS = frozenset({
     "batch_size_per_gpu", "num_worker_per_gpu", "use_shuffle", "dataset_enlarge_ratio",
     "prefetch_mode", "pin_memory", "persistent_workers", "mini_batch_sizes", "iters", "gt_sizes",
+    "instruction",  # read by the training loop for text-prompted networks (textualdeg/data/instructions.py)
 })
 
 

@@ -6,7 +6,10 @@ Training (``textualdeg.restoration.train.build_model``), stage-5 evaluation
 constructor kwargs, as BasicSR's ``build_network``), then
 ``textualdeg.checkpoint.load_network_weights`` loads the weight file, naming the file and
 the first mismatched keys when it does not fit. :func:`is_guided` says whether the network
-takes a guidance image (``model(x, ref)``).
+takes a guidance image (``model(x, ref)``), :func:`takes_instruction` whether it reads an
+instruction embedding (``model(x, text_embedding)``, TextPromptIR); a network can do both
+(``model(x, ref, text_embedding=...)``, GuidedTextPromptIR). ``InstructedNetwork`` fixes
+the instruction for inference.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -18,6 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 import textualdeg.restoration.archs  # noqa: F401  (fills ARCH_REGISTRY)
@@ -29,8 +33,46 @@ REF_PREFIX = "masa_"
 
 
 def is_guided(model: nn.Module) -> bool:
-    """True when ``model`` has reference/fusion (``masa_*``) parameters: it is called as ``model(x, ref)``."""
+    """True when ``model`` has reference/fusion (``masa_*``) parameters: it is called as ``model(x, ref)``.
+
+    An :class:`InstructedNetwork` is guided when the network it wraps is.
+    """
+    if isinstance(model, InstructedNetwork):
+        model = model.model
     return any(name.startswith(REF_PREFIX) for name, _ in model.named_parameters())
+
+
+def takes_instruction(model: nn.Module) -> bool:
+    """True when ``model`` reads an instruction embedding: it is called as ``model(x, text_embedding)``."""
+    return bool(getattr(model, "takes_instruction", False))
+
+
+class InstructedNetwork(nn.Module):
+    """A text-prompted network with one instruction fixed: ``net(x) == model(x, embedding)``.
+
+    What evaluation, validation and ``textualdeg restore`` hand to the inference path
+    (``restore_tensor`` calls ``model(x)``, or ``model(x, ref)`` with a guidance image;
+    tiles and the batch share the embedding). A network that takes both
+    (GuidedTextPromptIR) gets ``net(x, ref) == model(x, ref, text_embedding=embedding)``.
+
+    Args:
+        model (nn.Module): a network with ``takes_instruction``.
+        embedding (torch.Tensor): (H,) or (1, H) sentence embedding.
+    """
+
+    def __init__(self, model: nn.Module, embedding: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("embedding", embedding.reshape(-1).detach(), persistent=False)  # (H,)
+        self.pad_multiple = getattr(model, "pad_multiple", 1)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) and, for a guided network, (B, C, Hr, Wr) guidance -> the model's
+        output with the embedding broadcast to the batch."""
+        text = self.embedding.to(x.device)[None].expand(x.shape[0], -1)  # (B, H)
+        if ref is None:
+            return self.model(x, text)
+        return self.model(x, ref, text_embedding=text)
 
 
 def build_network(network_g: Mapping[str, Any], weights: str | os.PathLike | None = None, strict: bool = True,
@@ -70,4 +112,4 @@ def build_network(network_g: Mapping[str, Any], weights: str | os.PathLike | Non
     return model
 
 
-__all__ = ["REF_PREFIX", "build_network", "is_guided"]
+__all__ = ["REF_PREFIX", "InstructedNetwork", "build_network", "is_guided", "takes_instruction"]

@@ -56,6 +56,8 @@ DATASET_SCHEMA = Section(
         "dino_window": Field(str, None, choices=("crop", "relative"),
                              help="DINOv2 window: LQ crop size (authors) or scaled by ref/image size"),
         "gt_stem_separator": Field(str, None, help="many LQ per GT: GT stem = LQ stem up to this separator"),
+        "instruction": Field(str, None, help="text-prompted networks (TextPromptIR): the instruction of every image "
+                                             "of this set; training items with a task draw a phrasing of it instead"),
         # -- on-the-fly degradations
         "sigma_type": Field(str, None, help="Gaussian denoising: constant | random | choice"),
         "sigma_range": Field(_NUMBER_OR_LIST, None, help="sigma (constant) or [low, high] / choices, in 0..255 units"),
@@ -113,6 +115,9 @@ PATH_SCHEMA = Section(
         "resume_state": Field(str, None, path=True, help="state folder (or state root) to resume from"),
         "auto_resume": Field(bool, True, help="resume from the newest complete state of this run if there is one"),
         "pretrain_dino": Field(str, None, path=True, help="DINOv2 ViT-B/14 folder or checkpoint (ref window choice)"),
+        "instruction_encoder": Field(str, None, path=True,
+                                     help="fine-tuned instruction encoder folder (text-prompted networks; "
+                                          "scripts/train/train_instruction_encoder.py)"),
         "stable_diffusion": Field(str, None, path=True, help="Stable Diffusion folder (stages 1-3; unused here)"),
         "clip_vision": Field(str, None, path=True, help="CLIP vision folder (stages 1-3; unused here)"),
     },

@@ -74,11 +74,12 @@ from textualdeg.metrics import Protocol, metric_kind, protocol_from_basicsr, sco
 from textualdeg.options import Options
 from textualdeg.registry import LOSS_REGISTRY
 from textualdeg.restoration.dino_window import DinoWindowSelector, select_reference_windows
+from textualdeg.restoration.archs.memory import apply_activation_checkpointing, memory_advice
 from textualdeg.restoration.ema import ModelEMA
 from textualdeg.restoration.inference import restore_tensor
 from textualdeg.restoration.losses import pixel_loss
 from textualdeg.restoration.micro_batches import split_batch
-from textualdeg.restoration.network import REF_PREFIX, build_network, is_guided
+from textualdeg.restoration.network import REF_PREFIX, InstructedNetwork, build_network, is_guided, takes_instruction
 from textualdeg.restoration.stage_losses import StageLoss
 from textualdeg.restoration.lr_schedulers import build_scheduler
 
@@ -219,16 +220,26 @@ def build_restoration_dataset(ds_opt: Options, phase: str, name: str, seed: int,
     return build_dataset(spec, phase=phase, name=name, seed=seed)
 
 
-def build_train_loader(opt: Options, num_processes: int) -> tuple[DataLoader, Dataset]:
+def build_train_loader(opt: Options, num_processes: int,
+                       instruction_tasks: Sequence[str] | None = None) -> tuple[DataLoader, Dataset]:
     """The training DataLoader over ``SeededDataset`` with an ``EpochSampler`` (not yet prepared).
 
     Batches are collated by ``textualdeg.data.collate_guided``: with ``ref_crop: dino``
     the whole references (a list when their sizes differ) and the ``DINO_KEYS`` for the
-    window choice in the step; the workers hold no model.
+    window choice in the step; the workers hold no model. With ``instruction_tasks`` (a
+    text-prompted network) every item also gets an ``instruction`` sentence
+    (``textualdeg.data.instructions.WithInstructions``).
     """
     ds_opt = opt.datasets["train"]
     dataset = build_restoration_dataset(ds_opt, "train", ds_opt.name or "train", opt.manual_seed,
                                         opt.path.pretrain_dino)
+    if instruction_tasks is not None:
+        from textualdeg.data.instructions import WithInstructions
+        from textualdeg.instruction.phrasings import instruction_split
+
+        split = instruction_split(instruction_tasks)
+        dataset = WithInstructions(dataset, {task: split.sentences(task) for task in split.tasks}, opt.manual_seed,
+                                   fixed=ds_opt.instruction)
     batch = ds_opt.batch_size_per_gpu
     sampler = EpochSampler(len(dataset), batch * num_processes, opt.manual_seed, ds_opt.use_shuffle,
                            ds_opt.dataset_enlarge_ratio)
@@ -305,6 +316,45 @@ def build_window_selector(opt: Options, device: torch.device, mixed_precision: s
     return selector
 
 
+def build_instruction_embedder(opt: Options, model: nn.Module, device: torch.device) -> Any:
+    """The frozen instruction encoder of a text-prompted network (``path.instruction_encoder``), else None.
+
+    Raises:
+        ValueError: a text-prompted network without ``path.instruction_encoder``, or an
+            encoder whose embedding width is not the network's ``text_dim``.
+    """
+    if not takes_instruction(model):
+        return None
+    from textualdeg.instruction.guidance import InstructionEmbedder
+
+    embedder = InstructionEmbedder.from_pretrained(opt.path.instruction_encoder, device)
+    width, text_dim = embedder.encoder.embedding_dim, getattr(model, "text_dim", None)
+    if text_dim is not None and width != text_dim:
+        raise ValueError(f"path.instruction_encoder={opt.path.instruction_encoder} embeds to width {width}, but "
+                         f"network_g.text_dim is {text_dim}")
+    return embedder
+
+
+def val_instruction_embeddings(opt: Options, embedder: Any) -> dict[str, torch.Tensor] | None:
+    """Validation set name -> the (H,) embedding of its ``instruction`` (text-prompted networks), else None.
+
+    Raises:
+        ValueError: a validation set without ``instruction`` (the key to set is named).
+    """
+    if embedder is None:
+        return None
+    out = {}
+    for key in (k for k in opt.datasets if k.startswith("val")):
+        ds_opt = opt.datasets[key]
+        if not ds_opt.instruction:
+            raise ValueError(f"datasets.{key}.instruction is required: {opt.network_g.type} restores as an "
+                             f"instruction says (e.g. 'I desire to remove rain from the image.')")
+        out[ds_opt.name or key] = embedder([ds_opt.instruction])[0]
+        logger.info("validation %s: instruction %r (read as %s)", ds_opt.name or key, ds_opt.instruction,
+                    embedder.predict(ds_opt.instruction))
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # one step, validation
 
@@ -371,7 +421,10 @@ def _forward_backward(model: nn.Module, batch: dict, criterion: nn.Module, accel
     lq, gt = batch["lq"], batch["gt"]
     extra = {}
     # a stage loss reads every output of a multi-stage network (through forward, for DDP)
-    kwargs = {"stages": True} if isinstance(criterion, StageLoss) else {}
+    stage_kwargs = {"stages": True} if isinstance(criterion, StageLoss) else {}
+    # a text-prompted network reads the batch's instruction embeddings (B, H); one that is
+    # guided as well (GuidedTextPromptIR) gets model(lq, ref, text_embedding=...)
+    kwargs = {**stage_kwargs, **({"text_embedding": batch["text_embedding"]} if "text_embedding" in batch else {})}
     with accelerator.autocast():
         if guided and correspondence_weight > 0:
             preds, corr_loss = model(lq, batch["ref"], clean=gt, generator=generator, **kwargs)
@@ -380,7 +433,7 @@ def _forward_backward(model: nn.Module, batch: dict, criterion: nn.Module, accel
             preds = model(lq, batch["ref"], **kwargs)
         else:
             preds = model(lq, **kwargs)
-        loss = criterion(preds, gt, lq) if kwargs else pixel_loss(criterion, preds, gt)
+        loss = criterion(preds, gt, lq) if stage_kwargs else pixel_loss(criterion, preds, gt)
         if "correspondence" in extra:
             loss = loss + correspondence_weight * corr_loss
     if not torch.isfinite(loss):
@@ -389,23 +442,25 @@ def _forward_backward(model: nn.Module, batch: dict, criterion: nn.Module, accel
     return {"loss": loss.detach(), **extra}
 
 
+_BATCH_ADVICE = ("datasets.train.batch_size_per_gpu and gt_size set the batch and crop; train.micro_batches: k "
+                 "keeps the batch and the update but holds 1/k of its activations (gradient accumulation).")
+
+
 @contextlib.contextmanager
 def _memory_hint(model: nn.Module, accelerator: Any) -> Iterator[None]:
     """Re-raise an out-of-memory error with the options that would reduce memory."""
     try:
         yield
     except torch.OutOfMemoryError as error:
-        from textualdeg.restoration.archs.memory import memory_advice  # TEMP
         arch = type(accelerator.unwrap_model(model)).__name__
         raise torch.OutOfMemoryError(f"{error}\n\nstage 4 ran out of memory in the training step of {arch}. "
-                                     f"{memory_advice(arch)}") from error
+                                     f"{memory_advice(arch)} {_BATCH_ADVICE}") from error
     except RuntimeError as error:
         if "can't allocate memory" not in str(error):  # the CPU allocator's out-of-memory message
             raise
-        from textualdeg.restoration.archs.memory import memory_advice  # TEMP
         arch = type(accelerator.unwrap_model(model)).__name__
         raise torch.OutOfMemoryError(f"{error}\n\nstage 4 ran out of host memory in the training step of "
-                                     f"{arch}. {memory_advice(arch)}") from error
+                                     f"{arch}. {memory_advice(arch)} {_BATCH_ADVICE}") from error
 
 
 def _metric_protocol(metric: Options) -> Protocol:
@@ -441,7 +496,8 @@ def side_by_side(lq: torch.Tensor, ref: torch.Tensor | None, out: torch.Tensor, 
 
 @torch.no_grad()
 def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step: int,
-             vis_dir: Path | None, device: torch.device, accelerator: Any = None) -> dict[str, dict[str, float]]:
+             vis_dir: Path | None, device: torch.device, accelerator: Any = None,
+             instructions: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
     """Score ``model`` on every validation set (batch 1, full images, full reference), sharded over processes.
 
     Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore_tensor``
@@ -467,6 +523,8 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
         vis_dir: the PNG folder, or None (no PNGs).
         device: where images are restored and scored.
         accelerator: the ``Accelerator`` whose processes share the images; None: all images here.
+        instructions: text-prompted networks: dataset name -> its instruction embedding (H,)
+            (``datasets.<key>.instruction``), given to every image of the set.
 
     Returns:
         dataset name -> metric name -> mean value (the same on every process).
@@ -479,11 +537,12 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
     try:
         with _seeded_rngs(opt.manual_seed):
             for name, dataset in val_sets.items():
+                net = InstructedNetwork(model, instructions[name]) if instructions else model
                 for i in range(rank, len(dataset), world):
                     item = dataset[i]
                     lq = item["lq"][None].to(device)  # (1, C, H, W)
                     ref = item["ref"][None].to(device) if guided else None  # (1, C, Hr, Wr)
-                    out, gt = _restore(model, lq, ref, opt).float(), item["gt"]  # (1, C, H, W), (C, H, W)
+                    out, gt = _restore(net, lq, ref, opt).float(), item["gt"]  # (1, C, H, W), (C, H, W)
                     if getattr(dataset, "gray_to_rgb", False):  # gray scored as gray, as evaluation's replicate_gray
                         out, gt = out.mean(dim=1, keepdim=True), gt[:1]  # (1, 1, H, W), (1, H, W)
                     out = out.clamp(0, 1)
@@ -660,17 +719,18 @@ def train(opt: Options) -> Path:
     with Run.open(opt, log_with=trackers, find_unused_parameters=t.param_fix_iterations > 0) as run:
         accelerator = run.accelerator
         model = build_model(opt)
-        if t.activation_checkpointing != "none":  # TEMP lazy until archs/memory.py lands
-            from textualdeg.restoration.archs.memory import apply_activation_checkpointing
-            apply_activation_checkpointing(model, t.activation_checkpointing)
+        apply_activation_checkpointing(model, t.activation_checkpointing)
         optimizer = build_optimizer(model, t.optim_g)
         scheduler = build_scheduler(optimizer, t.scheduler.to_dict(), warmup_iter=t.warmup_iter,
                                     total_iter=t.total_iter)
         criterion = LOSS_REGISTRY.build(t.pixel_opt.to_dict())
-        loader, train_set = build_train_loader(opt, accelerator.num_processes)
+        embedder = build_instruction_embedder(opt, model, accelerator.device)
+        loader, train_set = build_train_loader(opt, accelerator.num_processes,
+                                               embedder.tasks if embedder is not None else None)
         val_sets = {opt.datasets[k].name or k: build_restoration_dataset(opt.datasets[k], "val",
                                                                          opt.datasets[k].name or k, opt.manual_seed)
                     for k in opt.datasets if k.startswith("val")}
+        val_instructions = val_instruction_embeddings(opt, embedder)
         ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
         guided = is_guided(model)
         selector = build_window_selector(opt, accelerator.device, accelerator.mixed_precision, guided)
@@ -692,9 +752,10 @@ def train(opt: Options) -> Path:
 
         run.loop(
             loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen,
-                                             selector),
+                                             selector, embedder),
             Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True),
-            validate=_validation(opt, accelerator, model, ema, val_sets, run.exp_dir) if val_sets else None,
+            validate=(_validation(opt, accelerator, model, ema, val_sets, run.exp_dir, val_instructions)
+                      if val_sets else None),
             save_weights=write_weights,
         )
         accelerator.wait_for_everyone()
@@ -705,13 +766,14 @@ def train(opt: Options) -> Path:
 
 def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
                    criterion: nn.Module, ema: ModelEMA | None, guided: bool, frozen: FreezeWindow,
-                   selector: DinoWindowSelector | None = None) -> StepFn:
+                   selector: DinoWindowSelector | None = None, embedder: Any = None) -> StepFn:
     """One step of ``train``: the progressive crop, the DINOv2 windows, ``training_step``, the EMA update.
 
     With a ``selector`` (``ref_crop: dino``) the whole references of the batch, already on
     the device, are replaced by the windows matching the final LQ crops, batched, before
     the forward (``select_reference_windows``); the choice is deterministic, so resume and
-    the process count do not change it.
+    the process count do not change it. With an ``embedder`` (a text-prompted network) the
+    batch's ``instruction`` sentences become ``text_embedding`` (B, H) on the device.
     """
     t, ds_opt = opt.train, opt.datasets["train"]
     progressive = build_progressive(ds_opt)
@@ -721,6 +783,8 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
         batch = apply_progressive(batch, progressive, opt.manual_seed, step)
         if selector is not None and DINO_KEYS[0] in batch:
             batch = select_reference_windows(selector, batch)
+        if embedder is not None:
+            batch = dict(batch, text_embedding=embedder(batch["instruction"]))
         moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
         frozen.apply(step)
         out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
@@ -733,7 +797,8 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
 
 
 def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA | None,
-                val_sets: dict[str, Dataset], exp_dir: Path) -> ValidateFn:
+                val_sets: dict[str, Dataset], exp_dir: Path,
+                instructions: dict[str, torch.Tensor] | None = None) -> ValidateFn:
     """``validate`` of the EMA (``val.use_ema``) or trained network: logged, one record per dataset.
 
     Runs on every process (the engine calls it everywhere): the images are sharded over
@@ -742,7 +807,8 @@ def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA 
 
     def validate_step(step: int) -> list[dict[str, Any]]:
         net = ema.module if ema is not None and opt.val.use_ema else accelerator.unwrap_model(model)
-        results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device, accelerator)
+        results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device, accelerator,
+                           instructions)
         for name, values in results.items():
             logger.info("validation %s at step %d: %s", name, step,
                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))

@@ -19,14 +19,20 @@ def _is_guided(cls) -> bool:
     return "ref" in inspect.signature(cls.forward).parameters
 
 
-def _inputs(photo_rgb, cls, channels: int = 3):
-    """A batch of 2 (SFNet normalises its dynamic filters over the batch in training)."""
+def _inputs(photo_rgb, cls, channels: int = 3, text_dim: int = 0):
+    """A batch of 2 (SFNet normalises its dynamic filters over the batch in training).
+
+    Archs that read an instruction (``forward(x, text_embedding)``) get 2 random embeddings,
+    after the reference for those that take both (``forward(x, ref, text_embedding)``)."""
     x = torch.from_numpy(photo_rgb[:37, :53]).permute(2, 0, 1)[None][:, :channels]  # (1, 3, 37, 53)
     x = torch.cat([x, x.flip(-1)])  # (2, 3, 37, 53)
+    inputs = [x.contiguous()]
     if _is_guided(cls):
         ref = torch.from_numpy(photo_rgb[200:264, 200:264]).permute(2, 0, 1)[None][:, :channels]  # (1, 3, 64, 64)
-        return (x.contiguous(), torch.cat([ref, ref.flip(-2)]).contiguous())
-    return (x.contiguous(),)
+        inputs.append(torch.cat([ref, ref.flip(-2)]).contiguous())
+    if "text_embedding" in inspect.signature(cls.forward).parameters:
+        inputs.append(torch.randn(2, text_dim))
+    return tuple(inputs)
 
 
 def test_core_archs_registered() -> None:
@@ -39,7 +45,7 @@ def test_registered_arch_smoke(name: str, photo_rgb) -> None:
     torch.manual_seed(0)
     model = ARCH_REGISTRY.build({"type": name, **TINY_CONFIGS[name]})
     assert isinstance(model.pad_multiple, int) and model.pad_multiple >= 1
-    inputs = _inputs(photo_rgb, type(model))
+    inputs = _inputs(photo_rgb, type(model), text_dim=getattr(model, "text_dim", 0))
     y = model(*inputs)
     assert y.shape == inputs[0].shape and torch.isfinite(y).all()
     try:  # multi-stage networks train on every output (stage_losses.py)

@@ -60,3 +60,11 @@ TINY_CONFIGS.update(
         "GuidedDSRIR": GUIDED_DSRIR_TINY,
     }
 )
+
+# TextPromptIR (instruction-prompted): no dead official tensors, a 16-wide text embedding.
+TEXTPROMPTIR_TINY = dict(RESTORMER_TINY, text_dim=16, text_hidden_dim=12, embed_dim=8, keep_dead_weights=False)
+TINY_CONFIGS["TextPromptIR"] = TEXTPROMPTIR_TINY
+
+# GuidedTextPromptIR (guidance image and instruction): the tiny TextPromptIR plus the reference branch.
+GUIDED_TEXTPROMPTIR_TINY = dict(TEXTPROMPTIR_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1, 1))
+TINY_CONFIGS["GuidedTextPromptIR"] = GUIDED_TEXTPROMPTIR_TINY

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textualdeg.restoration.archs.memory import CHECKPOINT_MODES
+
 __all__ = [
     "FuseFn",
     "PaddedBackbone",
@@ -47,11 +49,17 @@ class PaddedBackbone(nn.Module):
     ``pad_mode`` (NAFNet's official check_image_size zero-pads; Restormer's and PromptIR's
     test scripts reflect-pad), runs ``_forward_padded`` and crops back. Subclasses set
     ``input_channels``, ``pad_multiple`` and ``pad_mode`` and define ``_forward_padded``.
+
+    Activation checkpointing (``memory.apply_activation_checkpointing``): a backbone lists
+    the modes it supports in ``checkpoint_modes``; the mode is stored in ``checkpointing``
+    (here and on its ``memory.CheckpointedSequential`` stages), which its forward reads.
     """
 
     input_channels: int
     pad_multiple: int
     pad_mode: str = "reflect"
+    checkpoint_modes: tuple[str, ...] = CHECKPOINT_MODES
+    checkpointing: str = "none"
 
     def forward(self, x: torch.Tensor, stages: bool = False) -> Any:
         """Restore a batch.

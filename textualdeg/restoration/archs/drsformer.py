@@ -56,6 +56,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
+from textualdeg.restoration.archs.memory import CheckpointedSequential, active_checkpointing, checkpoint_call
 from textualdeg.restoration.archs.restormer import add_transformer_unet, check_restormer_args, transformer_unet_forward
 from textualdeg.restoration.archs.restormer_blocks import OverlapPatchEmbed, TransformerBlock, transformer_stage
 
@@ -178,8 +179,8 @@ def sparse_transformer_stage(
     ffn_expansion_factor: float,
     bias: bool,
     LayerNorm_type: str,  # noqa: N803
-) -> nn.Sequential:
-    """``num`` SparseTransformerBlocks in an ``nn.Sequential`` (keys ``<stage>.<i>.<...>``)."""
+) -> CheckpointedSequential:
+    """``num`` SparseTransformerBlocks in a stage (keys ``<stage>.<i>.<...>``)."""
     return transformer_stage(num, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type,
                              block=SparseTransformerBlock)
 
@@ -270,7 +271,14 @@ class _MixedOperation(nn.Module):
 
 
 class _OperationGroup(nn.Module):
-    """A pointwise conv, then ``steps`` residual mixed operations (upstream ``GroupOLs``)."""
+    """A pointwise conv, then ``steps`` residual mixed operations (upstream ``GroupOLs``).
+
+    Activation checkpointing (memory.py) recomputes the group (``level``) or each mixed
+    operation (``block``): at full resolution the eight experts keep most of DRSformer's
+    activations.
+    """
+
+    checkpointing: str = "none"
 
     def __init__(self, steps: int, c: int) -> None:
         super().__init__()
@@ -279,9 +287,16 @@ class _OperationGroup(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), weights (B, steps, n_ops) -> (B, C, H, W)."""
+        mode = active_checkpointing(self)
+        if mode == "level":
+            return checkpoint_call(self, self._steps, x, weights, False)
+        return self._steps(x, weights, mode == "block")
+
+    def _steps(self, x: torch.Tensor, weights: torch.Tensor, per_step: bool) -> torch.Tensor:
         x = self.preprocess(x)
         for i, op in enumerate(self._ops):
-            x = F.relu(op(x, weights[:, i]) + x)
+            y = checkpoint_call(op, op, x, weights[:, i]) if per_step else op(x, weights[:, i])
+            x = F.relu(y + x)
         return x
 
 

@@ -53,6 +53,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.memory import CheckpointedSequential, active_checkpointing, checkpoint_call
 
 __all__ = [
     "DSRIR", "DSRIRStages", "PatchAttention", "PAB", "PAG", "PRU", "USAU", "PatchAttentionUNet", "PatchAttentionGroups",
@@ -184,7 +185,7 @@ class PAG(nn.Module):
         self, n_feat: int, kernel_size: int, reduction: int, bias: bool, pa_sizes: Sequence[PatchGrid]
     ) -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = CheckpointedSequential(  # memory.py: optional recomputation
             *[PAB(n_feat, kernel_size, reduction, bias, pa) for pa in pa_sizes],
             nn.Conv2d(n_feat, n_feat, kernel_size, padding=kernel_size // 2, bias=bias),
         )
@@ -254,6 +255,13 @@ class USAU(nn.Module):
         return self.att_map(var_est) * self.conv2(x) + x, restored, variance
 
 
+def _block(owner: nn.Module, module: nn.Module, *args):
+    """``module(*args)``, a checkpointed region while ``owner`` checkpoints (memory.py)."""
+    if active_checkpointing(owner) != "none":
+        return checkpoint_call(module, module, *args)
+    return module(*args)
+
+
 class PatchAttentionUNet(nn.Module):
     """U-Net of PAB stacks (the official ``SubNet1`` with 3 levels, ``SubNet2`` with 2).
 
@@ -269,7 +277,12 @@ class PatchAttentionUNet(nn.Module):
         reduction (int): squeeze ratio of the patch attentions.
         feats_step (int): channels added per level.
         bias (bool): conv biases.
+
+    With activation checkpointing on (memory.py) the skip-attention PABs are recomputed
+    in backward too, one region each.
     """
+
+    checkpointing: str = "none"
 
     def __init__(
         self,
@@ -284,9 +297,9 @@ class PatchAttentionUNet(nn.Module):
         super().__init__()
         self.levels = len(num_blocks)
 
-        def stack(level: int) -> nn.Sequential:
+        def stack(level: int) -> CheckpointedSequential:
             width = n_feat + level * feats_step
-            return nn.Sequential(
+            return CheckpointedSequential(
                 *[PAB(width, kernel_size, reduction, bias, pa[level]) for _ in range(num_blocks[level])]
             )
 
@@ -314,7 +327,8 @@ class PatchAttentionUNet(nn.Module):
             skips.append(x)
         x = getattr(self, f"decoder{self.levels}")(x)
         for k in reversed(range(1, self.levels)):
-            x = getattr(self, f"up{k}")(x) + getattr(self, f"skipatt{k}")(skips[k - 1])  # (B, ., H/2**(k-1), .)
+            skip = _block(self, getattr(self, f"skipatt{k}"), skips[k - 1])
+            x = getattr(self, f"up{k}")(x) + skip  # (B, ., H/2**(k-1), .)
             x = getattr(self, f"decoder{k}")(x)
         return x
 
@@ -499,12 +513,13 @@ class DSRIR(PaddedBackbone):
             )
         x1, x2, x3 = torch.split(self.ebd(inp), [self.sn1_feats, self.sn2_feats, self.sn3_feats], dim=1)
 
-        x = self.PRU1(self.SN1(x1, fuse if fuse is not None else no_fuse))  # (B, sn1, H, W)
-        x, img1, var1 = self.usau_1(x, inp)
+        # the full-resolution refine and attention units are checkpointed blocks too (memory.py)
+        x = _block(self, self.PRU1, self.SN1(x1, fuse if fuse is not None else no_fuse))  # (B, sn1, H, W)
+        x, img1, var1 = _block(self, self.usau_1, x, inp)
         x = self.channel_comp1(torch.cat([x, x2], dim=1))  # (B, sn2, H, W)
-        x = self.PRU2(self.SN2(x))
-        x, img2, var2 = self.usau_2(x, inp)
+        x = _block(self, self.PRU2, self.SN2(x))
+        x, img2, var2 = _block(self, self.usau_2, x, inp)
         x = self.channel_comp2(torch.cat([x, x3], dim=1))  # (B, sn3, H, W)
-        x = self.PRU3(self.SN3(x))
-        _, img3, var3 = self.usau_3(x, inp, last=True)
+        x = _block(self, self.PRU3, self.SN3(x))
+        _, img3, var3 = _block(self, self.usau_3, x, inp, True)  # last: no feature branch
         return DSRIRStages([img3, img2, img1], [var3, var2, var1])

@@ -40,6 +40,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple
+from textualdeg.restoration.archs.memory import CheckpointedSequential
 from textualdeg.restoration.archs.nafnet_blocks import NAFBlock
 from textualdeg.restoration.archs.tlc import replace_global_pools
 
@@ -95,18 +96,19 @@ class NAFNet(PaddedBackbone):
         self.width = width
 
         # Registration order = official state_dict order (intro, ending, encoders, decoders,
-        # middle_blks, ups, downs); middle_blks is filled in place below.
+        # middle_blks, ups, downs); middle_blks is filled in place below. The levels are
+        # CheckpointedSequential stages (memory.py): nn.Sequential keys, optional recomputation.
         self.intro = nn.Conv2d(img_channel, width, kernel_size=3, padding=1, bias=True)
         self.ending = nn.Conv2d(width, img_channel, kernel_size=3, padding=1, bias=True)
         self.encoders = nn.ModuleList()
         self.decoders = nn.ModuleList()
-        self.middle_blks = nn.Sequential()
+        self.middle_blks = CheckpointedSequential()
         self.ups = nn.ModuleList()
         self.downs = nn.ModuleList()
 
         chan = width
         for num in enc_blk_nums:
-            self.encoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
+            self.encoders.append(CheckpointedSequential(*[NAFBlock(chan) for _ in range(num)]))
             self.downs.append(nn.Conv2d(chan, 2 * chan, kernel_size=2, stride=2))
             chan *= 2
         for _ in range(middle_blk_num):
@@ -114,7 +116,7 @@ class NAFNet(PaddedBackbone):
         for num in dec_blk_nums:
             self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, kernel_size=1, bias=False), nn.PixelShuffle(2)))
             chan //= 2
-            self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
+            self.decoders.append(CheckpointedSequential(*[NAFBlock(chan) for _ in range(num)]))
 
         self.pad_multiple = 2 ** len(self.encoders)
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.memory import active_checkpointing, checkpoint_call
 from textualdeg.restoration.archs.restormer import check_restormer_args
 from textualdeg.restoration.archs.restormer_blocks import (
     Downsample,
@@ -205,7 +206,16 @@ class PromptIR(PaddedBackbone):
         self.pad_multiple = 8
 
     def _prompt(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate the level's prompt, fuse with a transformer block, reduce channels."""
+        """Concatenate the level's prompt, fuse with a transformer block, reduce channels.
+
+        One checkpointed region in either checkpointing mode (memory.py): the step is a
+        single block outside the stages.
+        """
+        if active_checkpointing(self) != "none":
+            return checkpoint_call(self, self._prompt_step, level, x)
+        return self._prompt_step(level, x)
+
+    def _prompt_step(self, level: int, x: torch.Tensor) -> torch.Tensor:
         prompt = getattr(self, f"prompt{level}")
         x = torch.cat([x, prompt(x)], 1)  # (B, C + prompt_dim, h, w)
         x = getattr(self, f"noise_level{level}")(x)

@@ -30,6 +30,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, as_int_tuple, no_fuse
+from textualdeg.restoration.archs.memory import CheckpointedSequential
 from textualdeg.restoration.archs.norms import LAYER_NORM_TYPES
 from textualdeg.restoration.archs.restormer_blocks import Downsample, OverlapPatchEmbed, Upsample, transformer_stage
 
@@ -91,7 +92,7 @@ def add_transformer_unet(
     ``block`` is the transformer block class (default Restormer's; DRSformer passes its
     sparse block). The patch embedding before and the refinement after are the caller's.
     """
-    def stage(level: int, width: int) -> nn.Sequential:
+    def stage(level: int, width: int) -> CheckpointedSequential:
         return transformer_stage(num_blocks[level], width, heads[level], ffn_expansion_factor, bias,
                                  LayerNorm_type, block=block)
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textualdeg.restoration.archs.memory import CheckpointedSequential
 from textualdeg.restoration.archs.norms import RestormerLayerNorm
 
 __all__ = [
@@ -137,10 +138,15 @@ def transformer_stage(
     bias: bool,
     LayerNorm_type: str,  # noqa: N803
     block: type[TransformerBlock] | None = None,
-) -> nn.Sequential:
-    """``num`` blocks (default :class:`TransformerBlock`) in an ``nn.Sequential`` (keys ``<stage>.<i>.<...>``)."""
+) -> CheckpointedSequential:
+    """``num`` blocks (default :class:`TransformerBlock`) in a stage (keys ``<stage>.<i>.<...>``).
+
+    The stage is a :class:`~textualdeg.restoration.archs.memory.CheckpointedSequential`, an
+    ``nn.Sequential`` that can recompute its activations in backward.
+    """
     block = TransformerBlock if block is None else block
-    return nn.Sequential(*[block(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)])
+    blocks = [block(dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type) for _ in range(num)]
+    return CheckpointedSequential(*blocks)
 
 
 class OverlapPatchEmbed(nn.Module):

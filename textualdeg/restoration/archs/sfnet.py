@@ -69,6 +69,7 @@ from torch import nn
 
 from textualdeg.registry import ARCH_REGISTRY
 from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, no_fuse
+from textualdeg.restoration.archs.memory import CheckpointedSequential
 from textualdeg.restoration.archs.tlc import LocalAvgPool2d
 
 __all__ = [
@@ -346,7 +347,7 @@ class EBlock(nn.Module):
     def __init__(self, channels: int, num_res: int, mode: tuple[str, str]) -> None:
         super().__init__()
         blocks = [ResBlock(channels, channels, mode, filter=i == num_res - 1) for i in range(num_res)]
-        self.layers = nn.Sequential(*blocks)
+        self.layers = CheckpointedSequential(*blocks)  # memory.py: optional recomputation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textualdeg.restoration.archs.memory import CheckpointedSequential
+
 __all__ = ["ResidualBlock", "ReferenceEncoder"]
 
 
@@ -92,7 +94,7 @@ class ReferenceEncoder(nn.Module):
             self.add_module(f"conv_L{level}", nn.Conv2d(channels_in, channels, 3, stride, 1, bias=True))
             self.add_module(
                 f"blk_L{level}",
-                nn.Sequential(*[ResidualBlock(channels) for _ in range(self.num_blocks[level - 1])]),
+                CheckpointedSequential(*[ResidualBlock(channels) for _ in range(self.num_blocks[level - 1])]),
             )
             channels_in = channels
 

@@ -25,14 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from textualdeg.restoration.archs.memory import CheckpointedSequential
+
 __all__ = ["ReferenceFusion", "ZeroGatedResidual"]
 
 
-class ReferenceFusion(nn.Sequential):
+class ReferenceFusion(CheckpointedSequential):
     """``cat([x, warped]) -> blocks -> first C channels``.
 
-    A plain ``nn.Sequential`` of the fusion blocks, so its parameters are named
-    ``<index>.<block param>`` exactly as the authors' ``nn.Sequential`` stacks.
+    An ``nn.Sequential`` of the fusion blocks, so its parameters are named
+    ``<index>.<block param>`` exactly as the authors' ``nn.Sequential`` stacks; as a
+    ``CheckpointedSequential`` (``archs/memory.py``) it can recompute its blocks in backward.
 
     Args:
         *blocks (nn.Module): blocks mapping (B, 2C, H, W) to (B, 2C, H, W); each should
@@ -57,8 +60,7 @@ class ReferenceFusion(nn.Sequential):
             )
         channels = x.shape[1]
         h = torch.cat([x, warped], dim=1)  # (B, 2C, H, W)
-        for block in self:
-            h = block(h)
+        h = super().forward(h)  # the blocks, checkpointed if enabled
         return h[:, :channels]  # (B, C, H, W)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from textualdeg.restoration.archs.backbone_base import crop_stages, pad_to_multiple
+from textualdeg.restoration.archs.memory import active_checkpointing, checkpoint_call
 from textualdeg.restoration.reference.encoder import ReferenceEncoder
 from textualdeg.restoration.reference.fusion import ReferenceFusion
 from textualdeg.restoration.reference.matching import CoarseToFineMatcher
@@ -271,6 +272,11 @@ class ReferenceGuidedMixin:
         warped, matches = _best_scale(per_scale)
         return self.masa_gate(warped, matches)
 
+    def _warp_checkpointed(self, ref: torch.Tensor, *feats_lq: torch.Tensor) -> list[torch.Tensor]:
+        """``_warp_features`` with the pyramid as separate arguments, so checkpointing keeps
+        (and counts) each level as an input of the region."""
+        return self._warp_features(list(feats_lq), ref)
+
     def _refined_matches(self, feats_lq: list[torch.Tensor], ref: torch.Tensor) -> list[tuple]:
         """Per reference scale: (reference pyramid, reference image, correspondences)."""
         out = []
@@ -345,20 +351,35 @@ class ReferenceGuidedMixin:
             outputs); with ``clean``, also the scalar correspondence loss
             (``refined.correspondence_loss``).
         """
+        return self._guided_forward(x, ref, clean, generator, stages)
+
+    def _guided_forward(
+        self, x: torch.Tensor, ref: torch.Tensor, clean: torch.Tensor | None, generator: torch.Generator | None,
+        stages: bool, **backbone_inputs: Any,
+    ) -> Any:
+        """The body of :meth:`forward`; ``backbone_inputs`` go to the backbone's
+        ``_forward_padded`` / ``_forward_stages_padded`` as keywords (``GuidedTextPromptIR``'s
+        ``text_embedding``)."""
         self._check_pair(x, ref)
         h, w = x.shape[-2:]
         x, ref = self._pad_pair(x, ref)
         feats_lq = self.masa_enc(self._encoder_input(x))
-        warped = self._warp_features(feats_lq, ref)
+        if active_checkpointing(self) != "none":  # archs/memory.py
+            # keep only the input pyramid and ref: the reference encoding, matching and
+            # transfer are recomputed in backward (the fusion stacks keep no warped feature)
+            warped = checkpoint_call(self, self._warp_checkpointed, ref, *feats_lq)
+        else:
+            warped = self._warp_features(feats_lq, ref)
         stacks = self._fusion_stacks()
 
         def fuse(level: int, feat: torch.Tensor) -> torch.Tensor:
             return stacks[level](feat, warped[level])
 
         if stages:
-            out = crop_stages(self._forward_stages_padded(x, fuse=fuse), x.shape[-2:], (h, w))  # type: ignore[attr-defined]
+            outs = self._forward_stages_padded(x, fuse=fuse, **backbone_inputs)  # type: ignore[attr-defined]
+            out = crop_stages(outs, x.shape[-2:], (h, w))
         else:
-            out = self._forward_padded(x, fuse=fuse)[:, :, :h, :w]  # type: ignore[attr-defined]
+            out = self._forward_padded(x, fuse=fuse, **backbone_inputs)[:, :, :h, :w]  # type: ignore[attr-defined]
         if clean is None:
             return out
         return out, self._correspondence_loss(feats_lq, clean, generator)

@@ -13,8 +13,8 @@ Usage (the measurement in docs/memory.md)::
     python bench/train_option_file.py -opt options/train_restoration/002_nafnet_single_image_motion_deblurring.yml \
         --set train.micro_batches=8
 
-Prints the wall time, the peak summed RSS of the process tree and the peak RSS of the
-training process alone. Paper: "Improving Image Restoration through Removing Degradations
+Prints the wall time and the peak summed RSS of the process tree; the run is stopped once
+the last step's state is saved (its end-of-run validation is not a training step). Paper: "Improving Image Restoration through Removing Degradations
 in Textual Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
 """
 
@@ -95,8 +95,12 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[int, float, int]:
-    """Run ``cmd``; return (exit code, wall seconds, peak summed RSS of its tree)."""
+def run_sampled(cmd: list[str], env: dict[str, str], done: Path) -> tuple[bool, float, int]:
+    """Run ``cmd`` until the folder ``done`` appears (the last step's saved state), then stop it.
+
+    The end-of-run validation on full-size images is not part of a training step, so it is
+    not measured. Returns (the step completed, wall seconds, peak summed RSS of the tree).
+    """
     start = time.perf_counter()
     process = subprocess.Popen(cmd, env=env, cwd=REPO)
     peak = [0]
@@ -104,13 +108,15 @@ def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[int, float, int]:
     def sample() -> None:
         while process.poll() is None:
             peak[0] = max(peak[0], _tree_rss(process.pid))
+            if done.is_dir():
+                process.terminate()
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    code = process.wait()
+    process.wait()
     sampler.join()
-    return code, time.perf_counter() - start, peak[0]
+    return done.is_dir(), time.perf_counter() - start, peak[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, str(REPO / "scripts" / "train" / "train_restoration.py"), "-opt", args.opt]
         cmd += [item for value in overrides for item in ("--set", value)]
         print("running:", " ".join(cmd), flush=True)
-        code, wall, peak = run_sampled(cmd, dict(os.environ))
-        print(f"\n{Path(args.opt).name}: exit {code}, {args.steps} step(s) in {wall:.0f} s, "
-              f"peak RSS of the process tree {peak / 2**30:.2f} GiB")
+        finished, wall, peak = run_sampled(cmd, dict(os.environ), work / "run" / "state" / f"step_{args.steps:08d}")
+        print(f"\n{Path(args.opt).name}: {args.steps} step(s) {'done' if finished else 'FAILED'} in {wall:.0f} s "
+              f"(start, data, DINOv2 windows, steps, state save), peak RSS of the process tree "
+              f"{peak / 2**30:.2f} GiB (workers' shared pages counted once per process)")
         print("overrides:", " ".join(args.set) or "(none)")
-        return code
+        return 0 if finished else 1
 
 
 def _dataset_keys(option_file: str) -> list[str]:

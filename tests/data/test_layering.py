@@ -39,3 +39,15 @@ def test_lower_layers_never_import_upward(layer, above):
     upward = {f"{path.relative_to(PACKAGE.parent)}: {name}" for path in files for name in _imported_modules(path)
               if any(name == top or name.startswith(top + ".") for top in above)}
     assert not upward, sorted(upward)
+
+
+@pytest.mark.parametrize("module", ["textualdeg.restoration.reference.encoder",
+                                    "textualdeg.restoration.reference.guided",
+                                    "textualdeg.restoration.archs.memory"])
+def test_module_imports_first_in_a_fresh_interpreter(module):
+    """No import cycle bites whichever of these modules a script imports first."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

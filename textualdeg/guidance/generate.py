@@ -29,6 +29,10 @@ guidance against the empty prompt (``pipeline.GuidancePipeline``).
   with any retraining, though unlike a full hash it would miss an edit confined to the
   middle of a file. A folder whose manifest records other settings or models is refused
   (mixing guidance of two configurations), unless ``generate.overwrite``.
+* **Memory.** ``generate.dtype`` (bf16/fp16 halve weights and activations),
+  ``generate.attention: sdpa`` (fused kernels; ``math`` holds the score matrices, as the
+  authors' attention did) and ``generate.batch_size``; running out of memory names them
+  (``memory_advice``; measurements in docs/real_size.md).
 
 The authors' script loaded CLIP from the SD folder (D13), read flags that did not exist
 (D13, D14) and ignored ``--num_words`` (D15); here every path comes from ``path:`` and the
@@ -60,6 +64,7 @@ from textualdeg.guidance.mappers import (
     is_residual_tr_file,
     load_mapper_weights,
 )
+from textualdeg.guidance.memory import attention_backend, out_of_memory_hint
 from textualdeg.guidance.models import load_clip_vision, load_stable_diffusion
 from textualdeg.guidance.pipeline import GuidancePipeline, seed_from_name
 from textualdeg.guidance.processors import install_global_kv, load_global_kv
@@ -236,6 +241,7 @@ def write_manifests(opt: Options, manifest: dict[str, Any]) -> None:
         record = {
             **manifest,
             "batch_size": opt.generate.batch_size,  # not a setting: it changes float rounding only
+            "attention": opt.generate.attention,  # neither: the kernels differ in float rounding only
             "dataset": key,
             "dataroot_lq": str(ds.dataroot_lq),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -281,6 +287,28 @@ def load_pipeline(opt: Options, device: torch.device, dtype: torch.dtype) -> Gui
     for mapper in (i2t, tr) if tr is not None else (i2t,):
         mapper.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return GuidancePipeline(sd, image_encoder, i2t, tr, opt.generate.template, opt.generate.placeholder)
+
+
+def memory_advice(opt: Options, dtype: torch.dtype) -> tuple[str, list[str], list[str]]:
+    """What an out-of-memory error of generation names (``memory.out_of_memory_hint``).
+
+    Args:
+        opt: options validated by ``GENERATE_SCHEMA``.
+        dtype: the dtype the models run in (``resolve_dtype``).
+
+    Returns:
+        (stage, the options setting the batch and image size, the memory options not yet on).
+    """
+    g = opt.generate
+    sizes = [f"generate.batch_size={g.batch_size}", f"generate.resolution={g.resolution}"]
+    helps = []
+    if dtype == torch.float32:
+        helps.append("generate.dtype: bfloat16 (or float16 on a GPU; half the weights and activations)")
+    if g.attention != "sdpa":
+        helps.append("generate.attention: sdpa (no attention score matrices)")
+    if g.batched_cfg:
+        helps.append("generate.batched_cfg: false (two UNet calls per step at half the batch; slower)")
+    return "stage 3 (guidance generation)", sizes, helps
 
 
 def _pad_batch(images: torch.Tensor, seeds: list[int], size: int) -> tuple[torch.Tensor, list[int]]:
@@ -329,6 +357,7 @@ def write_guidance(
     dataset = GuidanceInputDataset([src for src, _ in units], clip_size=pipeline.image_encoder.config.image_size)
     loader = DataLoader(dataset, batch_size=g.batch_size, shuffle=False, num_workers=0)
     progress = tqdm(total=len(dataset), desc="guidance", disable=not show_progress)
+    advice = memory_advice(opt, next(pipeline.sd.unet.parameters()).dtype)
     written, start = [], 0
     for batch in loader:
         count = len(batch["stem"])
@@ -336,14 +365,15 @@ def write_guidance(
         clip_input = batch["clip_input"]
         if pad_batches:
             clip_input, seeds = _pad_batch(clip_input, seeds, g.batch_size)
-        images = pipeline(
-            clip_input,
-            seeds,
-            num_inference_steps=g.steps,
-            guidance_scale=g.guidance_scale,
-            resolution=g.resolution,
-            batched_cfg=g.batched_cfg,
-        )
+        with out_of_memory_hint(*advice), attention_backend(g.attention):
+            images = pipeline(
+                clip_input,
+                seeds,
+                num_inference_steps=g.steps,
+                guidance_scale=g.guidance_scale,
+                resolution=g.resolution,
+                batched_cfg=g.batched_cfg,
+            )
         for image, (_, outs) in zip(images[:count], units[start : start + count]):
             pixels = tensor_to_image(image)
             for out in outs:
@@ -447,6 +477,7 @@ __all__ = [
     "group_by_input",
     "load_pipeline",
     "main",
+    "memory_advice",
     "model_fingerprints",
     "plan_jobs",
     "resolve_dtype",

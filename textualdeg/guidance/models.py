@@ -147,6 +147,35 @@ def check_stable_diffusion_folder(folder: str | Path) -> dict[str, str | None]:
     return variants
 
 
+def check_stable_diffusion_sizes(folder: str | Path) -> None:
+    """Check that the parts of a Stable Diffusion folder fit together, from their configs alone.
+
+    The UNet attends to the text encoder's output (``cross_attention_dim`` = text
+    ``hidden_size``) and denoises the VAE's latents (``in_channels`` = ``latent_channels``);
+    a folder assembled from two models fails here, before any weight is read.
+
+    Args:
+        folder: a diffusers Stable Diffusion folder (complete: :func:`check_stable_diffusion_folder`).
+
+    Raises:
+        ValueError: naming both config files and both values.
+    """
+    folder = Path(folder)
+    configs = {part: json.loads((folder / part / "config.json").read_text()) for part in ("unet", "vae", "text_encoder")}
+    pairs = (
+        ("unet", "cross_attention_dim", "text_encoder", "hidden_size"),
+        ("unet", "in_channels", "vae", "latent_channels"),
+    )
+    for part_a, key_a, part_b, key_b in pairs:
+        value_a, value_b = configs[part_a].get(key_a), configs[part_b].get(key_b)
+        if isinstance(value_a, int) and isinstance(value_b, int) and value_a != value_b:
+            raise ValueError(
+                f"Stable Diffusion folder {folder}: {part_a}/config.json has {key_a} {value_a} but "
+                f"{part_b}/config.json has {key_b} {value_b}; the two parts come from different models "
+                "(SD 2.1-base: 1024 and 1024, 4 and 4)"
+            )
+
+
 def load_stable_diffusion(
     folder: str | Path,
     *,
@@ -166,9 +195,11 @@ def load_stable_diffusion(
 
     Raises:
         IncompleteModelFolderError: when files are missing (all of them are listed).
+        ValueError: parts whose sizes do not fit together (:func:`check_stable_diffusion_sizes`).
     """
     folder = Path(folder)
     variants = check_stable_diffusion_folder(folder)
+    check_stable_diffusion_sizes(folder)
     common = {"local_files_only": True}
     unet = UNet2DConditionModel.from_pretrained(
         folder, subfolder="unet", torch_dtype=dtype, variant=variants["unet"], **common
@@ -219,7 +250,7 @@ def _open_clip_vision_cfg(checkpoint: Path, open_clip_model: str) -> tuple[dict,
                 f"open_clip_model={open_clip_model!r} is not a known open_clip config and {config_file} does not "
                 f"exist; cannot build the vision tower for {checkpoint}"
             )
-        source = f"open_clip config {open_clip_model!r}"
+        source = f"open_clip config {open_clip_model!r} (path.open_clip_model)"
     if "vision_cfg" not in config:
         raise ValueError(f"{source} has no 'vision_cfg' (needed for {checkpoint})")
     return dict(config["vision_cfg"]), bool(config.get("quick_gelu", False)), source
@@ -244,35 +275,104 @@ _SUPPORTED_OPEN_CLIP_OPTIONS = {
 }
 
 
-def convert_open_clip_vision(
-    state_dict: dict[str, torch.Tensor],
-    vision_cfg: dict,
-    *,
-    quick_gelu: bool = False,
-    source: str = "open_clip state dict",
-) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
-    """Convert the ``visual.*`` weights of an open_clip CLIP into a ``CLIPVisionModel`` layout.
-
-    Args:
-        state_dict: open_clip CLIP state dict (keys ``visual.conv1.weight`` ...).
-        vision_cfg: open_clip ``vision_cfg`` mapping; only ``head_width`` (default 64) and the
-            unsupported-feature flags are read, widths and depth come from the tensors.
-        quick_gelu: open_clip's ``quick_gelu`` model flag (OpenAI weights); ViT-H-14 uses exact GELU.
-        source: name of the file or config, used in error messages.
-
-    Returns:
-        (config, weights) such that ``CLIPVisionModel(config).load_state_dict(weights)`` is strict.
-
-    Raises:
-        ValueError: a feature the HF layout lacks (e.g. layer scale), or a missing visual key,
-            naming ``source``.
-    """
+def _check_open_clip_options(vision_cfg: dict, source: str) -> None:
+    """ValueError naming ``source`` for an open_clip vision option that CLIPVisionModel cannot express."""
     for option, supported in _SUPPORTED_OPEN_CLIP_OPTIONS.items():
         value = vision_cfg.get(option, supported)
         if value != supported and value:
             raise ValueError(
                 f"{source}: open_clip vision option {option}={value!r} cannot be converted to CLIPVisionModel"
             )
+
+
+def open_clip_vision_config(vision_cfg: dict, *, quick_gelu: bool = False, source: str = "open_clip config") -> CLIPVisionConfig:
+    """The ``CLIPVisionConfig`` that an open_clip ``vision_cfg`` describes (no weights needed).
+
+    Missing keys take open_clip's ``CLIPVisionCfg`` defaults (width 768, 12 layers,
+    head_width 64, mlp_ratio 4, patch 16, 224 px).
+
+    Args:
+        vision_cfg: open_clip ``vision_cfg`` mapping (e.g. ViT-H-14: width 1280, 32 layers,
+            head_width 80, patch 14, 224 px).
+        quick_gelu: open_clip's ``quick_gelu`` model flag.
+        source: the config's name, for error messages.
+
+    Returns:
+        The config :func:`convert_open_clip_vision` gives a checkpoint of that architecture.
+
+    Raises:
+        ValueError: a non-ViT tower, a non-square input, an unsupported option or a width
+            that is not a multiple of ``head_width``, naming ``source``.
+    """
+    _check_open_clip_options(vision_cfg, source)
+    width, layers = vision_cfg.get("width", 768), vision_cfg.get("layers", 12)
+    image_size, patch = vision_cfg.get("image_size", 224), vision_cfg.get("patch_size", 16)
+    if not isinstance(layers, int) or not isinstance(width, int):
+        raise ValueError(f"{source}: layers={layers!r}, width={width!r} is not a ViT image tower")
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise ValueError(f"{source}: image_size={image_size!r} is not square")
+        image_size = image_size[0]
+    head_width = int(vision_cfg.get("head_width", 64))
+    if width % head_width:
+        raise ValueError(f"{source}: width {width} is not a multiple of head_width {head_width}")
+    return CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=int(width * float(vision_cfg.get("mlp_ratio", 4.0))),
+        num_hidden_layers=layers,
+        num_attention_heads=width // head_width,
+        num_channels=3,
+        image_size=int(image_size),
+        patch_size=int(patch),
+        hidden_act="quick_gelu" if quick_gelu else "gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=width,
+    )
+
+
+# The sizes a checkpoint's tensors fix, compared with those its config claims.
+_VISION_SIZES = {
+    "hidden_size": "width",
+    "num_hidden_layers": "layers",
+    "intermediate_size": "MLP width",
+    "patch_size": "patch",
+    "image_size": "image size",
+}
+
+
+def _describe_vision(config: CLIPVisionConfig) -> str:
+    return ", ".join(f"{label} {getattr(config, key)}" for key, label in _VISION_SIZES.items())
+
+
+def convert_open_clip_vision(
+    state_dict: dict[str, torch.Tensor],
+    vision_cfg: dict,
+    *,
+    quick_gelu: bool = False,
+    source: str = "open_clip state dict",
+    config_source: str | None = None,
+) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
+    """Convert the ``visual.*`` weights of an open_clip CLIP into a ``CLIPVisionModel`` layout.
+
+    Args:
+        state_dict: open_clip CLIP state dict (keys ``visual.conv1.weight`` ...).
+        vision_cfg: open_clip ``vision_cfg`` mapping. ``head_width`` (default 64) and the
+            unsupported-feature flags are read; widths and depth come from the tensors, and
+            when ``config_source`` is given they must equal those the config describes.
+        quick_gelu: open_clip's ``quick_gelu`` model flag (OpenAI weights); ViT-H-14 uses exact GELU.
+        source: name of the file or config, used in error messages.
+        config_source: where ``vision_cfg`` came from (an ``open_clip_config.json`` or the
+            option ``path.open_clip_model``); when given, a checkpoint whose sizes differ
+            from the config's is an error naming both.
+
+    Returns:
+        (config, weights) such that ``CLIPVisionModel(config).load_state_dict(weights)`` is strict.
+
+    Raises:
+        ValueError: a feature the HF layout lacks (e.g. layer scale), a missing visual key,
+            or a checkpoint of other sizes than its config (both named), naming ``source``.
+    """
+    _check_open_clip_options(vision_cfg, source)
     sd = {key[len("visual.") :]: value for key, value in state_dict.items() if key.startswith("visual.")}
     required = ("conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_post.weight")
     absent = [f"visual.{key}" for key in required if key not in sd]
@@ -282,12 +382,24 @@ def convert_open_clip_vision(
     num_positions = sd["positional_embedding"].shape[0]  # 1 + (image_size / p)^2
     grid = round((num_positions - 1) ** 0.5)
     layers = 1 + max(int(m.group(1)) for key in sd if (m := re.match(r"transformer\.resblocks\.(\d+)\.", key)))
+    intermediate = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]  # (mlp width, W)
+    found = {"hidden_size": width, "num_hidden_layers": layers, "intermediate_size": intermediate,
+             "patch_size": patch, "image_size": grid * patch}
+    if config_source is not None:
+        claimed = open_clip_vision_config(vision_cfg, quick_gelu=quick_gelu, source=config_source)
+        if any(getattr(claimed, key) != value for key, value in found.items()):
+            held = ", ".join(f"{label} {found[key]}" for key, label in _VISION_SIZES.items())
+            raise ValueError(
+                f"{source} holds a CLIP image tower of {held}, but {config_source} describes "
+                f"{_describe_vision(claimed)}; point path.open_clip_model at the checkpoint's open_clip config "
+                "or put its open_clip_config.json beside it"
+            )
     head_width = int(vision_cfg.get("head_width", 64))
     if width % head_width:
         raise ValueError(f"{source}: width {width} is not a multiple of head_width {head_width}")
     config = CLIPVisionConfig(
         hidden_size=width,
-        intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=width // head_width,
         num_channels=3,
@@ -395,7 +507,7 @@ def load_clip_vision(
             raise FileNotFoundError(f"CLIP image encoder not found: {path}")
         vision_cfg, quick_gelu, cfg_source = _open_clip_vision_cfg(checkpoint, open_clip_model)
         config, weights = convert_open_clip_vision(
-            load_weights(checkpoint), vision_cfg, quick_gelu=quick_gelu, source=str(checkpoint)
+            load_weights(checkpoint), vision_cfg, quick_gelu=quick_gelu, source=str(checkpoint), config_source=cfg_source
         )
         model = CLIPVisionModel.from_pretrained(None, config=config, state_dict=weights, dtype=dtype)
         source = f"open_clip ({cfg_source})"

@@ -29,6 +29,7 @@ from textualdeg.options import Field, ListOf, MapOf, Section
 TASKS = ("denoise", "deblur", "derain", "dehaze", "desnow", "lowlight", "mixed")
 DTYPES = ("float32", "float16", "bfloat16")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION_BACKENDS = ("sdpa", "math")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -148,7 +149,10 @@ _TRAIN_FIELDS = {
     "mixed_precision": Field(str, "no", choices=MIXED_PRECISION, help="accelerate mixed precision (authors: no)"),
     "process_group_timeout_min": Field(int, 120, help="minutes a process waits for the others (validation, "
                                                       "checkpoints) before the run fails; NCCL's default is 10"),
-    "gradient_checkpointing": Field(bool, False, help="recompute UNet activations in backward (less memory)"),
+    "gradient_checkpointing": Field(bool, False, help="recompute the frozen UNet's activations in backward (less "
+                                                      "memory, more time; docs/real_size.md)"),
+    "attention": Field(str, "sdpa", choices=ATTENTION_BACKENDS, help="attention kernel: sdpa (PyTorch's fused "
+                       "kernels, no score matrix) or math (unfused, as the authors'; docs/real_size.md)"),
     "checkpointing_steps": Field(int, 200, help="save the full training state every N optimizer steps (authors: 200)"),
     "checkpoints_total_limit": Field(int, 3, help="full states kept under experiments/<name>/state"),
     "log_steps": Field(int, 10, help="log the mean loss and lr every N optimizer steps"),
@@ -223,6 +227,8 @@ GENERATE_SCHEMA = Section(
                 "dtype": Field(str, "float16", choices=DTYPES, help="model dtype (authors: fp16; CPU runs use float32)"),
                 "batch_size": Field(int, 4, help="images per batch per process (bit-identical results for a given batch size; another changes float rounding only)"),
                 "batched_cfg": Field(bool, True, help="both guidance branches in one UNet call per step"),
+                "attention": Field(str, "sdpa", choices=ATTENTION_BACKENDS, help="attention kernel: sdpa (PyTorch's "
+                                   "fused kernels) or math (unfused, as the authors'; docs/real_size.md)"),
                 "overwrite": Field(bool, False, help="regenerate existing outputs (default: skip them, so runs resume)"),
                 "use_tr_mapper": Field(
                     bool,

@@ -14,6 +14,9 @@
   vision weights as the open_clip file (converted), so both give the same features.
   224 px input, patch 14: 257 tokens of width 32.
 * ``DIR/dinov2/``: a tiny DINOv2 written by ``textualdeg.pretrained.dinov2.save_tiny_dinov2``.
+* ``DIR/bert/``: a tiny BERT (TextPromptIR's instruction reader) written by
+  ``textualdeg.pretrained.bert.save_tiny_bert``, its vocabulary the instruction set's words
+  plus every letter and digit as a word-piece.
 
 Everything loads back through the loaders users run (``load_stable_diffusion``,
 ``load_clip_vision``). Paper: "Improving Image Restoration through Removing Degradations
@@ -229,7 +232,8 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
 
     Returns:
         Paths keyed ``stable_diffusion`` (folder), ``clip_vision`` (transformers folder),
-        ``open_clip`` (checkpoint file) and ``dinov2`` (folder, or None when not written).
+        ``open_clip`` (checkpoint file), ``dinov2`` (folder, or None when not written) and
+        ``bert`` (folder).
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -238,6 +242,7 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
         "clip_vision": root / "clip-vision",
         "open_clip": None,
         "dinov2": None,
+        "bert": root / "bert",
     }
     _write_stable_diffusion(paths["stable_diffusion"], seed)
     paths["open_clip"] = _write_clip(root / "open_clip", paths["clip_vision"], seed + 10)
@@ -246,6 +251,11 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
 
         save_tiny_dinov2(root / "dinov2", seed=seed + 20)
         paths["dinov2"] = root / "dinov2"
+    from textualdeg.instruction.phrasings import instruction_split
+    from textualdeg.pretrained.bert import save_tiny_bert
+
+    split = instruction_split()
+    save_tiny_bert(paths["bert"], [text for text, _ in split.train + split.val], seed=seed + 30)
     logger.info("wrote tiny models under %s", root)
     return paths
 

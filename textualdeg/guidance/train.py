@@ -23,6 +23,14 @@ times accumulation x batch per process x processes when ``scale_lr`` (the author
 now optional, D2). The schedule counts optimizer steps (warm-up ``lr_warmup_steps``), which
 equals the authors' per-micro-batch stepping with warm-up x accumulation.
 
+Memory (measured at real size in docs/real_size.md): ``train.mixed_precision`` bf16/fp16
+also keeps the frozen models in that dtype; ``train.attention: sdpa`` (default) runs every
+attention through PyTorch's fused kernels, which never hold a score matrix;
+``train.gradient_checkpointing`` recomputes the frozen UNet's activations in backward. An
+out-of-memory error names the stage, the batch and size options and the memory options
+still off (``memory_advice``); ``datasets.train.clip_size`` must equal the CLIP encoder's
+input size (``check_clip_size``).
+
 Run folder ``experiments/<name>/`` (or ``path.experiments_root``)::
 
     options.yml                     the resolved options of the newest start
@@ -84,6 +92,7 @@ from textualdeg.guidance.models import (
     load_clip_vision,
     load_stable_diffusion,
 )
+from textualdeg.guidance.memory import attention_backend, out_of_memory_hint
 from textualdeg.guidance.pipeline import GuidancePipeline, encode_latents
 from textualdeg.guidance.processors import global_kv_state_dict, install_global_kv, load_global_kv
 from textualdeg.guidance.schema import I2T_SCHEMA, TR_SCHEMA
@@ -204,6 +213,21 @@ def load_frozen_models(opt: Options, stage: str) -> tuple[FrozenModels, dict[str
     return FrozenModels(sd, image_encoder, i2t_mapper if stage == "tr" else None), processors, i2t_mapper
 
 
+def check_clip_size(opt: Options, image_encoder: nn.Module) -> None:
+    """ValueError naming both sizes when ``datasets.train.clip_size`` differs from the CLIP encoder's input size.
+
+    The dataset resizes each crop to ``clip_size``; an encoder built for another size
+    would see it resized a second time (the CLIP preprocessing resizes to its own size).
+    """
+    clip_size, encoder_size = opt.datasets["train"].clip_size, image_encoder.config.image_size
+    if clip_size != encoder_size:
+        raise ValueError(
+            f"datasets.train.clip_size={clip_size} but the CLIP image encoder at path.clip_vision="
+            f"{opt.path.clip_vision} takes {encoder_size}-px images (its config's image_size); set "
+            f"datasets.train.clip_size: {encoder_size}, or point path.clip_vision at a {clip_size}-px encoder"
+        )
+
+
 def build_training_model(opt: Options, stage: str) -> MapperTrainingModel:
     """Frozen models plus the trained parts of ``stage`` ('i2t' or 'tr'), on the CPU in float32.
 
@@ -215,6 +239,7 @@ def build_training_model(opt: Options, stage: str) -> MapperTrainingModel:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
     frozen, processors, loaded_i2t = load_frozen_models(opt, stage)
     net, sd = opt.network_g, frozen.sd
+    check_clip_size(opt, frozen.image_encoder)
     if stage == "i2t":
         mapper = loaded_i2t or ImageToTextMapper.for_models(
             frozen.image_encoder, sd.text_encoder, net.num_words, net.hidden_dim
@@ -496,14 +521,37 @@ def train_mapper(opt: Options, stage: str) -> Path:
     return path
 
 
+def memory_advice(opt: Options) -> tuple[str, list[str], list[str]]:
+    """What an out-of-memory error of the training step names (``memory.out_of_memory_hint``).
+
+    Returns:
+        (stage, the options setting the batch and image size, the memory options not yet on).
+    """
+    ds, t = opt.datasets["train"], opt.train
+    stage = "stage 1 (I2T mapper)" if opt.network_g.type == "ImageToTextMapper" else "stage 2 (TR mapper)"
+    sizes = [f"datasets.train.batch_size_per_gpu={ds.batch_size_per_gpu} (raise train.gradient_accumulation_steps "
+             "to keep the effective batch)", f"datasets.train.resolution={ds.resolution}"]
+    helps = []
+    if not t.gradient_checkpointing:
+        helps.append("train.gradient_checkpointing: true (recomputes the UNet's activations in backward)")
+    if t.mixed_precision == "no":
+        helps.append("train.mixed_precision: bf16 (frozen weights and activations in bf16)")
+    if t.attention != "sdpa":
+        helps.append("train.attention: sdpa (no attention score matrices)")
+    return f"{stage} training step", sizes, helps
+
+
 def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> StepFn:
     """One micro-batch of ``train_mapper``: seeded noise, ``training_step``, backward, clip and optimizer step."""
     frozen = accelerator.unwrap_model(model).frozen
     trained = [p for p in model.parameters() if p.requires_grad]
     max_grad_norm = opt.train.max_grad_norm
 
+    advice = memory_advice(opt)
+    attention = opt.train.attention
+
     def step_fn(batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
-        with accelerator.accumulate(model):
+        with accelerator.accumulate(model), out_of_memory_hint(*advice), attention_backend(attention):
             generator = step_generator(opt.manual_seed, step, micro, accelerator.process_index, accelerator.device)
             loss = training_step(model, frozen, batch, generator)
             accelerator.backward(loss)
@@ -526,7 +574,7 @@ def _validation(opt: Options, accelerator: Any, model: nn.Module, dataset: Datas
     def validate_step(step: int) -> list[dict[str, Any]]:
         if not accelerator.is_main_process:
             return []
-        with accelerator.autocast():
+        with accelerator.autocast(), attention_backend(opt.train.attention):
             picture = validate(accelerator.unwrap_model(model), dataset, opt, step, exp_dir / "visualization")
         logger.info("validation images of step %d: %s", step, picture)
         if opt.train.use_tb_logger:
@@ -559,9 +607,11 @@ __all__ = [
     "build_optimizer",
     "build_train_loader",
     "build_training_model",
+    "check_clip_size",
     "learning_rate",
     "main_i2t",
     "main_tr",
+    "memory_advice",
     "save_final_weights",
     "step_generator",
     "train_mapper",

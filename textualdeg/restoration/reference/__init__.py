@@ -10,6 +10,10 @@ into the backbone's encoder by identity-initialised blocks (:class:`ReferenceFus
 docs/reference_path.md).
 """
 
+# The building blocks below import textualdeg.restoration.archs (padding, checkpointing),
+# whose package imports the guided backbones, which import this package's guided.py: load
+# the archs package first so any module of this package can be the first one imported.
+import textualdeg.restoration.archs  # noqa: F401  (import order, see above)
 from textualdeg.restoration.reference.encoder import ReferenceEncoder, ResidualBlock
 from textualdeg.restoration.reference.fusion import ReferenceFusion, ZeroGatedResidual
 from textualdeg.restoration.reference.guided import ReferenceGuidedMixin

@@ -13,12 +13,15 @@ its option file's ``network_g``. Then, through the package's own code paths:
    ``ref_crop: dino`` files;
 5. one evaluation image (``evaluation.evaluate_dataset`` on a 1280x720 pair, GoPro's size).
 
-Each row gives wall time, peak host memory (the process's resident high-water mark,
-reset before the phase), on a GPU peak device memory, and images/s (stage 3 also UNet
-image-evaluations/s: a batched-CFG call on B images counts 2B).
+Each row gives the wall time of one call (the fastest of ``--repeat``; training rows run
+one untimed step first, so that the optimizer's state is in the peak), peak host memory
+(the process's resident high-water mark, reset before each call), on a GPU peak device
+memory, and images/s (stage 3 also UNet image-evaluations/s: a batched-CFG call on B
+images counts 2B).
 
 Two rows are ratios against the authors' code paths, measured in the same run on the
-same weights (``--no-baseline`` skips them):
+same weights, ours and theirs alternating call by call (``--no-baseline`` skips them,
+``--ratio-only`` runs only them in stage 4):
 
 * generation: theirs = two UNet calls per DDIM step (unconditional, then conditional) at
   batch 1, one image after the other, with their attention arithmetic on every layer
@@ -46,6 +49,7 @@ Run:
     python bench/real_size.py --device cuda                     # all stages, real size
     python bench/real_size.py --device cpu --stages 3 --resolution 256 --steps 2
     python bench/real_size.py --device cpu --stages 1 --size half --gradient-checkpointing
+    python bench/real_size.py --device cpu --threads 1 --stages 4 --ratio-only
     python bench/real_size.py --tiny                            # CI: tiny models, CPU, seconds
 """
 
@@ -54,14 +58,13 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import platform
 import re
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,8 +87,7 @@ STAGE4_FILES = (
 STAGE5_FILE = "deblur_gopro.yml"
 GUIDED_NAFNET_FILE = STAGE4_FILES[0]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_MIXED = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
-#: reference arguments that let the tiny stage-4 networks take 64-px crops
+#: reference arguments that let the tiny stage-4 networks take crops of a few dozen pixels
 _TINY_REFERENCE = {"lr_block_size": 4, "dilations": [1, 2]}
 
 
@@ -313,7 +315,6 @@ def mapper_step(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         sd.unet.disable_gradient_checkpointing()
     for processor in processors.values():
         processor.requires_grad_(False)
-    del optimizer, model
     return [row]
 
 
@@ -432,7 +433,6 @@ def generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     same = "equal numerics" if theirs_dtype == dtype else f"{str(dtype)[6:]} vs {str(theirs_dtype)[6:]}"
     rows.append(_ratio("3 gen", "generation speed-up, ours / theirs", row_ours, row_theirs,
                        f"{same}; max |ours - theirs| = {diff:.2e} (pixels in [0, 1])", 3.0, device))
-    del theirs_pipeline
     return rows
 
 
@@ -642,59 +642,67 @@ def _crop_and_batch(opt, args: argparse.Namespace, device: torch.device) -> tupl
     return crop, batch
 
 
-def restoration_steps(args: argparse.Namespace, device: torch.device, meter: Meter, tmp: Path) -> list[Row]:
-    """Stage 4: the DINOv2 window selection and one training step per option file."""
+def restoration_steps(args: argparse.Namespace, device: torch.device, meter: Meter) -> list[Row]:
+    """Stage 4: per option file, the DINOv2 window selection (``ref_crop: dino``) and one training step."""
     from accelerate import Accelerator
 
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    rows: list[Row] = []
+    selector: list = []  # built once, on first use
+    for name in args.options or STAGE4_FILES:
+        rows += _restoration_step(name, args, device, meter, accelerator, selector)
+    return rows
+
+
+def _restoration_step(name: str, args: argparse.Namespace, device: torch.device, meter: Meter, accelerator: Any,
+                      selector: list) -> list[Row]:
+    """One option file of stage 4 (its model and optimizer are freed on return)."""
     from textualdeg.options import load_options
     from textualdeg.registry import LOSS_REGISTRY
     from textualdeg.restoration.network import is_guided
     from textualdeg.restoration.schema import RESTORATION_SCHEMA
     from textualdeg.restoration.train import build_optimizer, training_step
 
-    accelerator = Accelerator(cpu=device.type == "cpu")
-    rows, selector = [], None
-    files = args.options or STAGE4_FILES
-    for name in files:
-        opt = load_options(OPTIONS / "train_restoration" / name, RESTORATION_SCHEMA)
-        spec = _network_spec(opt, args.tiny)
-        crop, batch = _crop_and_batch(opt, args, device)
-        model = build_network(spec, device).train()
-        crop = crop or getattr(model, "pad_multiple", 32)
-        if "SFNet" in type(model).__name__:
-            batch = max(batch, 2)  # its BatchNorm over the batch needs two images in training
-        guided = is_guided(model)
-        channels = getattr(model, "image_channels", 3)
-        ref_channels = getattr(model, "ref_channels", channels)
-        g = torch.Generator().manual_seed(0)
-        lq = torch.rand(batch, channels, crop, crop, generator=g).to(device)
-        gt = torch.rand(batch, ref_channels if channels == 6 else channels, crop, crop, generator=g).to(device)
-        ref = torch.rand(batch, ref_channels, crop, crop, generator=g).to(device)
-        if guided and opt.datasets["train"].ref_crop == "dino":
-            selector = selector or _dino_selector(args, device)
-            side = 2 * crop if args.tiny else 512  # the generated guidance: 512 x 512
-            guidance = torch.rand(batch, ref_channels, side, side, generator=g).to(device)
-            view = lq[:, :ref_channels] if channels != 6 else lq.view(batch, 2, 3, crop, crop).mean(1)
-            row, ref = meter("4 dino", f"{name[:3]} window selection, batch {batch}, {crop} in {side}",
-                             lambda: selector(view, guidance), images=batch)
-            rows.append(row)
-        pixel = opt.train.pixel_opt.to_dict()
-        if "vgg_weights" in pixel:
-            pixel["vgg_weights"] = None  # random VGG19 (nothing read or downloaded)
-        criterion = LOSS_REGISTRY.build(pixel).to(device)
-        optimizer = build_optimizer(model, opt.train.optim_g)
-        batch_dict = {"lq": lq, "gt": gt, "ref": ref}
-        clip = opt.train.grad_clip_norm if opt.train.use_grad_clip else None
-
-        def step() -> dict:
-            return training_step(model, batch_dict, criterion, optimizer, accelerator, guided, clip)
-
-        count = sum(p.numel() for p in model.parameters())
-        row, _ = meter("4 train", f"{name[:3]} {spec['type']}, batch {batch} at {crop} px", step, images=batch,
-                       note=f"{count / 1e6:.2f} M parameters", warmup=max(1, args.warmup))
+    opt = load_options(OPTIONS / "train_restoration" / name, RESTORATION_SCHEMA)
+    spec = _network_spec(opt, args.tiny)
+    crop, batch = _crop_and_batch(opt, args, device)
+    model = build_network(spec, device).train()
+    crop = crop or getattr(model, "pad_multiple", 32)
+    if "SFNet" in type(model).__name__:
+        batch = max(batch, 2)  # its BatchNorm over the batch needs two images in training
+    guided = is_guided(model)
+    channels = getattr(model, "image_channels", 3)
+    ref_channels = getattr(model, "ref_channels", channels)
+    g = torch.Generator().manual_seed(0)
+    lq = torch.rand(batch, channels, crop, crop, generator=g).to(device)
+    gt = torch.rand(batch, ref_channels if channels == 6 else channels, crop, crop, generator=g).to(device)
+    ref = torch.rand(batch, ref_channels, crop, crop, generator=g).to(device)
+    rows = []
+    if guided and opt.datasets["train"].ref_crop == "dino":
+        if not selector:
+            selector.append(_dino_selector(args, device))
+        side = 2 * crop if args.tiny else 512  # the generated guidance: 512 x 512
+        guidance = torch.rand(batch, ref_channels, side, side, generator=g).to(device)
+        view = lq[:, :ref_channels] if channels != 6 else lq.view(batch, 2, 3, crop, crop).mean(1)  # dual-pixel: mean
+        row, ref = meter("4 dino", f"{name[:3]} window selection, batch {batch}, {crop} in {side}",
+                         lambda: selector[0](view, guidance), images=batch)
         rows.append(row)
-        del model, optimizer
-    return rows
+    pixel = opt.train.pixel_opt.to_dict()
+    if "vgg_weights" in pixel:
+        pixel["vgg_weights"] = None  # random VGG19 (nothing read or downloaded)
+    criterion = LOSS_REGISTRY.build(pixel).to(device)
+    optimizer = build_optimizer(model, opt.train.optim_g)
+    batch_dict = {"lq": lq, "gt": gt, "ref": ref}
+    clip = opt.train.grad_clip_norm if opt.train.use_grad_clip else None
+
+    def step() -> dict:
+        return training_step(model, batch_dict, criterion, optimizer, accelerator, guided, clip)
+
+    count = sum(p.numel() for p in model.parameters())
+    # one untimed step first: the peak is the steady state's, with the optimizer's state allocated
+    row, _ = meter("4 train", f"{name[:3]} {spec['type']}, batch {batch} at {crop} px", step, images=batch,
+                   note=f"{count / 1e6:.2f} M parameters", warmup=max(1, args.warmup))
+    return rows + [row]
 
 
 def _dino_selector(args: argparse.Namespace, device: torch.device):
@@ -847,7 +855,7 @@ def main(args: argparse.Namespace) -> list[Row]:
             del sd, encoder
         if 4 in args.stages:
             if not args.ratio_only:
-                rows += restoration_steps(args, device, meter, tmp)
+                rows += restoration_steps(args, device, meter)
             if not args.no_baseline:
                 rows += guided_nafnet_ratio(args, device, meter)
         if 5 in args.stages:

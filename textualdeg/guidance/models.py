@@ -161,7 +161,9 @@ def check_stable_diffusion_sizes(folder: str | Path) -> None:
         ValueError: naming both config files and both values.
     """
     folder = Path(folder)
-    configs = {part: json.loads((folder / part / "config.json").read_text()) for part in ("unet", "vae", "text_encoder")}
+    configs = {
+        part: json.loads((folder / part / "config.json").read_text()) for part in ("unet", "vae", "text_encoder")
+    }
     pairs = (
         ("unet", "cross_attention_dim", "text_encoder", "hidden_size"),
         ("unet", "in_channels", "vae", "latent_channels"),
@@ -285,7 +287,9 @@ def _check_open_clip_options(vision_cfg: dict, source: str) -> None:
             )
 
 
-def open_clip_vision_config(vision_cfg: dict, *, quick_gelu: bool = False, source: str = "open_clip config") -> CLIPVisionConfig:
+def open_clip_vision_config(
+    vision_cfg: dict, *, quick_gelu: bool = False, source: str = "open_clip config"
+) -> CLIPVisionConfig:
     """The ``CLIPVisionConfig`` that an open_clip ``vision_cfg`` describes (no weights needed).
 
     Missing keys take open_clip's ``CLIPVisionCfg`` defaults (width 768, 12 layers,
@@ -507,7 +511,8 @@ def load_clip_vision(
             raise FileNotFoundError(f"CLIP image encoder not found: {path}")
         vision_cfg, quick_gelu, cfg_source = _open_clip_vision_cfg(checkpoint, open_clip_model)
         config, weights = convert_open_clip_vision(
-            load_weights(checkpoint), vision_cfg, quick_gelu=quick_gelu, source=str(checkpoint), config_source=cfg_source
+            load_weights(checkpoint), vision_cfg, quick_gelu=quick_gelu, source=str(checkpoint),
+            config_source=cfg_source,
         )
         model = CLIPVisionModel.from_pretrained(None, config=config, state_dict=weights, dtype=dtype)
         source = f"open_clip ({cfg_source})"

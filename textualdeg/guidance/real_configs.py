@@ -183,7 +183,9 @@ def materialize(
             if param is not None and param.is_meta:
                 data = torch.empty(param.shape, device=device, dtype=dtype or param.dtype)
                 sub._parameters[name] = nn.Parameter(data, requires_grad=param.requires_grad)
-    module.to(device=device)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None:
+                sub._buffers[name] = buffer.to(device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
@@ -201,7 +203,7 @@ def materialize(
 def _finish(module: nn.Module, device: torch.device | str, dtype: torch.dtype | None, seed: int) -> nn.Module:
     if torch.device(device).type != "meta":
         materialize(module, device, dtype, seed)
-    elif dtype is not None:
+    elif dtype not in (None, torch.float32):  # built in float32
         module.to(dtype=dtype)
     return module.eval()
 

@@ -6,6 +6,9 @@ transformers) load only when that stage runs.
 
     textualdeg make-tiny DIR                 tiny random-weight SD/CLIP/DINOv2/BERT folders
     textualdeg train-instruction -opt FILE   fine-tune TextPromptIR's instruction encoder
+    textualdeg train-daclip -opt FILE        DA-CLIP's degradation-aware controller
+    textualdeg classify-degradation --input DIR --daclip PATH
+    textualdeg evaluate-daclip ...           DA-CLIP classifier accuracy and confusion matrix
     textualdeg train-restoration -opt FILE   stage 4 (same as scripts/train/train_restoration.py)
     textualdeg evaluate -opt FILE            stage 5 (same as scripts/eval/evaluate.py)
     textualdeg restore --input ... --output ... --experiment ...
@@ -29,6 +32,12 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("textualdeg.guidance.generate", "main", "stage 3: generate guidance images"),
     "train-instruction": ("textualdeg.instruction.train", "main",
                           "TextPromptIR: fine-tune the instruction encoder (BERT + task head)"),
+    "train-daclip": ("textualdeg.daclip.train", "main",
+                     "DA-CLIP: train the degradation-aware controller on a CSV of (image, caption, degradation)"),
+    "classify-degradation": ("textualdeg.daclip.classify", "main",
+                             "DA-CLIP: print the predicted degradation of each image"),
+    "evaluate-daclip": ("textualdeg.daclip.classify", "main_evaluate",
+                        "DA-CLIP: per-class accuracy and confusion matrix on a labelled folder"),
     "train-restoration": ("textualdeg.restoration.train", "main", "stage 4: train a guided backbone"),
     "evaluate": ("textualdeg.evaluation", "main", "stage 5: PSNR/SSIM under a named protocol"),
     "restore": ("textualdeg.restore_photos", "main", "restore your own images with a trained experiment"),

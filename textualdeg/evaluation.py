@@ -68,7 +68,8 @@ from textualdeg.metrics import PRESETS, Protocol, score
 from textualdeg.metrics.protocol import CHANNELS, QUANTIZATIONS, SSIM_VARIANTS, Y_ROUNDINGS
 from textualdeg.options import Field, MapOf, Options, Section, parse_options, save_options
 from textualdeg.restoration.inference import resolve_device, restore_tensor
-from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction
+from textualdeg.daclip.conditions import embed_inputs, load_condition_embedder
+from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction, with_daclip
 
 logger = get_logger(__name__)
 
@@ -148,6 +149,9 @@ EVALUATION_SCHEMA = Section(
                 "results_root": Field(str, None, path=True, help="output folder (default results/<name>)"),
                 "instruction_encoder": Field(str, None, path=True,
                                              help="fine-tuned instruction encoder folder (text-prompted networks)"),
+                "daclip": Field(str, None, path=True,
+                                help="DA-CLIP file or folder (DA-CLIP conditioned networks; default: the "
+                                     "train_options file's path.daclip)"),
             },
             help="files and folders",
         ),
@@ -247,11 +251,13 @@ def _read(path: Path, color: str) -> np.ndarray:
 
 
 def restore_item(model: nn.Module, item: TestItem, dataset: Options | dict, test: Options | dict,
-                 device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+                 device: torch.device, daclip: Any = None) -> tuple[torch.Tensor, np.ndarray]:
     """Read (or synthesise) one LQ image and restore it.
 
     The guidance image is read in the colour of the set (a gray set has gray guidance, as
-    the stage-4 datasets read it) and given only to a guided network.
+    the stage-4 datasets read it) and given only to a guided network. With ``daclip`` (the
+    frozen ``DAClipEmbedder`` of a DA-CLIP conditioned network) the whole input is embedded
+    once, before any tiling.
 
     Returns:
         The output, (1, C, H, W) clamped to [0, 1] on ``device``, and the GT as float32
@@ -273,6 +279,8 @@ def restore_item(model: nn.Module, item: TestItem, dataset: Options | dict, test
         ref = image_to_tensor(_read(item.ref, dataset["color"])).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
         if gray_trick:
             ref = ref.expand(-1, 3, -1, -1)  # (1, 3, Hr, Wr)
+    if daclip is not None:
+        model = with_daclip(model, embed_inputs(daclip, x))  # (1, 2, D) for every tile
     out = restore_tensor(model, x, ref=ref, tile=test["tile"], tile_overlap=test["tile_overlap"],
                   self_ensemble=test["self_ensemble"])
     if gray_trick:
@@ -300,8 +308,8 @@ class DatasetResult:
 
 
 def evaluate_dataset(model: nn.Module, key: str, dataset: Options, protocol: Protocol, test: Options,
-                     device: torch.device, out_dir: Path) -> DatasetResult:
-    """Restore and score every image of one test set; write its per-image CSV."""
+                     device: torch.device, out_dir: Path, daclip: Any = None) -> DatasetResult:
+    """Restore and score every image of one test set; write its per-image CSV (``daclip``: see ``restore_item``)."""
     name = dataset["name"] or key
     items = collect_items(dataset, key)
     logger.info("%s: %d images (%s), protocol %s", name, len(items), dataset["task"], protocol.to_dict())
@@ -309,7 +317,7 @@ def evaluate_dataset(model: nn.Module, key: str, dataset: Options, protocol: Pro
     bar = tqdm(items, desc=name, unit="img", disable=not test["progress"], dynamic_ncols=True)
     for item in bar:
         start = time.perf_counter()
-        out, gt = restore_item(model, item, dataset, test, device)
+        out, gt = restore_item(model, item, dataset, test, device, daclip)
         scores = score(out, image_to_tensor(gt), protocol)
         rows.append({"image": item.name, "psnr": scores["psnr"], "ssim": scores["ssim"],
                      "height": gt.shape[0], "width": gt.shape[1], "seconds": round(time.perf_counter() - start, 4),
@@ -422,6 +430,16 @@ def _instruction_embeddings(opt: Options, model: nn.Module, device: torch.device
     return {key: embedder([dataset["instruction"]])[0] for key, dataset in opt.datasets.items()}
 
 
+def _daclip_path(opt: Options) -> str | None:
+    """``path.daclip``, or the ``path.daclip`` of ``path.train_options`` when unset."""
+    if opt.path.daclip or not opt.path.train_options:
+        return opt.path.daclip
+    from textualdeg.options import load_options
+    from textualdeg.restoration.schema import RESTORATION_SCHEMA
+
+    return load_options(Path(opt.path.train_options), RESTORATION_SCHEMA).path.daclip
+
+
 def evaluate(opt: Options) -> dict[str, Any]:
     """Evaluate ``path.pretrain_network_g`` on every test set of ``opt`` (``EVALUATION_SCHEMA``).
 
@@ -457,11 +475,12 @@ def evaluate(opt: Options) -> dict[str, Any]:
         raise ValueError(f"datasets.{unguided[0]}.dataroot_ref is required: {opt.network_g.type} is a guided "
                          "network (it restores with a guidance image)")
     instructions = _instruction_embeddings(opt, model, device)
+    daclip = load_condition_embedder(_daclip_path(opt), model, device)
     results = []
     for key, dataset in opt.datasets.items():
         protocol = build_protocol(dataset["metrics"], default_protocol)
         net = InstructedNetwork(model, instructions[key]) if instructions else model
-        results.append(evaluate_dataset(net, key, dataset, protocol, opt.test, device, out_dir))
+        results.append(evaluate_dataset(net, key, dataset, protocol, opt.test, device, out_dir, daclip=daclip))
     record = {
         "name": opt.name,
         "checkpoint": {"path": str(checkpoint), "sha256": _sha256(checkpoint)},

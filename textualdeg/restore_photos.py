@@ -22,7 +22,9 @@ One command runs the two inference stages of the method on a file or a folder:
 A text-prompted network (TextPromptIR) instead reads an instruction: ``--instruction "remove
 the rain"`` for every image, or, without it, the degradation each image shows, predicted
 from image statistics (``textualdeg.instruction.guidance.InstructionChooser``); the
-instruction encoder is the experiment's ``path.instruction_encoder``.
+instruction encoder is the experiment's ``path.instruction_encoder``. A DA-CLIP conditioned
+network gets the DA-CLIP embeddings of each whole image (the experiment's ``path.daclip``,
+or ``--daclip FILE``), computed once before any tiling.
 
 Every missing piece (input, experiment folder, options file, weight file, generation
 option file, model folder, mapper file) is reported before any work starts, with its path.
@@ -48,15 +50,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from textualdeg.daclip.conditions import embed_inputs, load_condition_embedder
 from textualdeg.imageio import image_to_tensor, list_images, read_image, tensor_to_image, write_image
 from textualdeg.log import get_logger, setup_logging
 from textualdeg.options import Options, OptionsError, load_options, options_from_dict
 from textualdeg.restoration.inference import resolve_device, restore_tensor
-from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction
+from textualdeg.restoration.network import InstructedNetwork, build_network, is_guided, takes_instruction, with_daclip
 
 logger = get_logger(__name__)
 
@@ -336,7 +340,7 @@ def _input_channels(exp_opt: Options) -> int:
 @torch.no_grad()
 def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, device: torch.device,
                  channels: int = 3, tile: int | None = None, tile_overlap: int = 32,
-                 self_ensemble: bool = False, bit_depth: int = 8) -> Path:
+                 self_ensemble: bool = False, bit_depth: int = 8, daclip: Any = None) -> Path:
     """Restore one image file into ``out`` (PNG, written atomically).
 
     Args:
@@ -349,6 +353,8 @@ def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, 
             gray, as the stage-4 datasets do).
         tile, tile_overlap, self_ensemble: see ``textualdeg.restoration.inference.restore_tensor``.
         bit_depth: 8 or 16 bits per channel in the PNG.
+        daclip: the frozen ``DAClipEmbedder`` of a DA-CLIP conditioned network: the whole
+            image is embedded once and every tile gets those embeddings.
 
     Returns:
         ``out``.
@@ -358,6 +364,8 @@ def restore_file(model: nn.Module, src: Path, out: Path, ref_path: Path | None, 
     ref = None
     if ref_path is not None:
         ref = image_to_tensor(read_image(ref_path, color)).unsqueeze(0).to(device)  # (1, C, Hr, Wr)
+    if daclip is not None:
+        model = with_daclip(model, embed_inputs(daclip, lq))  # (1, 2, D)
     output = restore_tensor(model, lq, ref=ref, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble)
     image = tensor_to_image(output[0])  # (H, W, C) clamped to [0, 1]
     write_image(out, image[..., 0] if image.shape[-1] == 1 else image, bit_depth=bit_depth)
@@ -377,6 +385,7 @@ def restore_images(
     checkpoint: str | Path | None = None,
     bit_depth: int = 8,
     instruction: str | None = None,
+    daclip: str | Path | None = None,
 ) -> RestoreSummary:
     """Guidance generation then guided restoration of a file or a folder (see the module docstring).
 
@@ -395,6 +404,8 @@ def restore_images(
         instruction: text-prompted networks (TextPromptIR): what to remove ("remove the
             rain"); None predicts each image's degradation from the image
             (``textualdeg.instruction.guidance.InstructionChooser``).
+        daclip: DA-CLIP conditioned networks: a DA-CLIP file or folder instead of the
+            experiment's ``path.daclip``.
 
     Returns:
         A :class:`RestoreSummary`.
@@ -456,6 +467,11 @@ def restore_images(
         logger.warning("--instruction ignored: %s reads no instruction", exp_opt.network_g.type)
 
     model.to(torch_device)
+    try:
+        embedder = load_condition_embedder(str(daclip) if daclip else exp_opt.path.daclip, model, torch_device,
+                                           owner="--daclip (or path.daclip of the experiment)")
+    except ValueError as error:
+        raise RestoreError(str(error)) from error
     channels = _input_channels(exp_opt)
     output_dir.mkdir(parents=True, exist_ok=True)
     for src, out, ref in zip(tqdm(inputs, desc="restore", unit="image"), outputs, refs):
@@ -466,7 +482,7 @@ def restore_images(
             net = InstructedNetwork(model, embedding)
         summary.outputs.append(restore_file(net, src, out, ref, torch_device, channels=channels, tile=tile,
                                             tile_overlap=tile_overlap, self_ensemble=self_ensemble,
-                                            bit_depth=bit_depth))
+                                            bit_depth=bit_depth, daclip=embedder))
     logger.info("restored %d images into %s", len(summary.outputs), output_dir)
     return summary
 
@@ -503,6 +519,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instruction", metavar="TEXT",
                         help="text-prompted networks (TextPromptIR): what to remove, e.g. \"remove the rain\"; "
                              "default: predicted from each image")
+    parser.add_argument("--daclip", metavar="FILE_OR_DIR",
+                        help="DA-CLIP conditioned networks: the DA-CLIP file or folder (default: the experiment's "
+                             "path.daclip)")
     return parser.parse_args(argv)
 
 
@@ -519,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.output, args.experiment, generate_opt=args.generate_opt, overrides=args.set,
             tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
             device=args.device, checkpoint=args.checkpoint, bit_depth=args.bit_depth, instruction=args.instruction,
+            daclip=args.daclip,
         )
     except (OSError, OptionsError, RestoreError) as error:
         sys.stderr.write(f"textualdeg restore: error: {error}\n")

@@ -47,6 +47,9 @@ def test_option_file_loads_and_builds_network_on_meta_device(path):
     if path.stem == "dsrir_all_in_one_3task":  # DSRIR as its authors train it, unguided: 3.52 M
         assert not any(n.startswith("masa_") for n in names)
         assert sum(p.numel() for p in model.parameters()) == 3_516_837
+    elif getattr(model, "takes_daclip", False):  # DA-CLIP conditioned; guided where the type says so
+        assert any(n.startswith("daclip_") for n in names)
+        assert any(n.startswith("masa_") for n in names) == ("Guided" in spec["type"])
     elif getattr(model, "takes_instruction", False):  # prompted by instructions; a guidance image too only
         # where network_g says so (GuidedTextPromptIR)
         assert any(n.startswith("masa_") for n in names) == (spec["type"] == "GuidedTextPromptIR")

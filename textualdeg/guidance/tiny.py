@@ -17,6 +17,8 @@
 * ``DIR/bert/``: a tiny BERT (TextPromptIR's instruction reader) written by
   ``textualdeg.pretrained.bert.save_tiny_bert``, its vocabulary the instruction set's words
   plus every letter and digit as a word-piece.
+* ``DIR/daclip/``: a tiny DA-CLIP folder written by ``textualdeg.daclip.tiny.save_tiny_daclip``
+  (loads back with ``textualdeg.daclip.load_daclip``).
 
 Everything loads back through the loaders users run (``load_stable_diffusion``,
 ``load_clip_vision``). Paper: "Improving Image Restoration through Removing Degradations
@@ -232,8 +234,8 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
 
     Returns:
         Paths keyed ``stable_diffusion`` (folder), ``clip_vision`` (transformers folder),
-        ``open_clip`` (checkpoint file), ``dinov2`` (folder, or None when not written) and
-        ``bert`` (folder).
+        ``open_clip`` (checkpoint file), ``dinov2`` (folder, or None when not written),
+        ``bert`` (folder) and ``daclip`` (folder).
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -256,6 +258,9 @@ def make_tiny(folder: str | Path, *, seed: int = 0, dinov2: bool = True) -> dict
 
     split = instruction_split()
     save_tiny_bert(paths["bert"], [text for text, _ in split.train + split.val], seed=seed + 30)
+    from textualdeg.daclip.tiny import save_tiny_daclip
+
+    paths["daclip"] = save_tiny_daclip(root / "daclip", seed=seed + 40)
     logger.info("wrote tiny models under %s", root)
     return paths
 

@@ -8,8 +8,11 @@ constructor kwargs, as BasicSR's ``build_network``), then
 the first mismatched keys when it does not fit. :func:`is_guided` says whether the network
 takes a guidance image (``model(x, ref)``), :func:`takes_instruction` whether it reads an
 instruction embedding (``model(x, text_embedding)``, TextPromptIR); a network can do both
-(``model(x, ref, text_embedding=...)``, GuidedTextPromptIR). ``InstructedNetwork`` fixes
-the instruction for inference.
+(``model(x, ref, text_embedding=...)``, GuidedTextPromptIR). :func:`takes_daclip` says
+whether it reads DA-CLIP's embeddings (``model(x, ..., daclip=e)`` with e (B, 2, D): content
+and degradation, ``restoration/archs/daclip_conditioning.py``). ``ConditionedNetwork`` fixes
+an instruction and/or a DA-CLIP embedding for inference (``InstructedNetwork``: an
+instruction only).
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -37,7 +40,7 @@ def is_guided(model: nn.Module) -> bool:
 
     An :class:`InstructedNetwork` is guided when the network it wraps is.
     """
-    if isinstance(model, InstructedNetwork):
+    if isinstance(model, ConditionedNetwork):
         model = model.model
     return any(name.startswith(REF_PREFIX) for name, _ in model.named_parameters())
 
@@ -47,13 +50,67 @@ def takes_instruction(model: nn.Module) -> bool:
     return bool(getattr(model, "takes_instruction", False))
 
 
-class InstructedNetwork(nn.Module):
-    """A text-prompted network with one instruction fixed: ``net(x) == model(x, embedding)``.
+def takes_daclip(model: nn.Module) -> bool:
+    """True when ``model`` reads DA-CLIP embeddings: it is called as ``model(x, ..., daclip=e)``, e (B, 2, D)."""
+    return bool(getattr(model, "takes_daclip", False))
+
+
+class ConditionedNetwork(nn.Module):
+    """A network with its non-image conditions fixed: ``net(x[, ref])`` calls ``model`` with them.
 
     What evaluation, validation and ``textualdeg restore`` hand to the inference path
-    (``restore_tensor`` calls ``model(x)``, or ``model(x, ref)`` with a guidance image;
-    tiles and the batch share the embedding). A network that takes both
-    (GuidedTextPromptIR) gets ``net(x, ref) == model(x, ref, text_embedding=embedding)``.
+    (``restore_tensor`` calls ``model(x)``, or ``model(x, ref)`` with a guidance image);
+    tiles and the batch share the conditions, so an embedding computed once from the whole
+    image serves every tile. A text-prompted network gets ``model(x, text)`` (guided:
+    ``model(x, ref, text_embedding=text)``); a DA-CLIP conditioned one gets ``daclip=``.
+
+    Args:
+        model (nn.Module): the network.
+        text_embedding (torch.Tensor | None): (H,) or (1, H) instruction embedding, for a
+            network with ``takes_instruction``.
+        daclip (torch.Tensor | None): (2, D) or (1, 2, D) DA-CLIP content and degradation
+            embeddings of the image, for a network with ``takes_daclip``.
+    """
+
+    def __init__(self, model: nn.Module, text_embedding: torch.Tensor | None = None,
+                 daclip: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        text = None if text_embedding is None else text_embedding.reshape(-1).detach()  # (H,)
+        self.register_buffer("embedding", text, persistent=False)
+        conditions = None if daclip is None else daclip.reshape(2, -1).detach()  # (2, D)
+        self.register_buffer("daclip", conditions, persistent=False)
+        self.pad_multiple = getattr(model, "pad_multiple", 1)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) and, for a guided network, (B, C, Hr, Wr) guidance -> the model's
+        output with the conditions broadcast to the batch."""
+        kwargs = {}
+        if self.daclip is not None:
+            kwargs["daclip"] = self.daclip.to(x.device)[None].expand(x.shape[0], -1, -1)  # (B, 2, D)
+        args: list[torch.Tensor] = [x] if ref is None else [x, ref]
+        if self.embedding is not None:
+            text = self.embedding.to(x.device)[None].expand(x.shape[0], -1)  # (B, H)
+            if ref is None:
+                args.append(text)
+            else:
+                kwargs["text_embedding"] = text
+        return self.model(*args, **kwargs)
+
+
+def with_daclip(model: nn.Module, daclip: torch.Tensor) -> ConditionedNetwork:
+    """``model`` (possibly a ``ConditionedNetwork`` holding an instruction) with the DA-CLIP
+    embeddings ``daclip`` (1, 2, D) of one image fixed as well."""
+    if isinstance(model, ConditionedNetwork):
+        return ConditionedNetwork(model.model, model.embedding, daclip)
+    return ConditionedNetwork(model, None, daclip)
+
+
+class InstructedNetwork(ConditionedNetwork):
+    """A text-prompted network with one instruction fixed: ``net(x) == model(x, embedding)``.
+
+    A network that takes both (GuidedTextPromptIR) gets ``net(x, ref) == model(x, ref,
+    text_embedding=embedding)``.
 
     Args:
         model (nn.Module): a network with ``takes_instruction``.
@@ -61,18 +118,7 @@ class InstructedNetwork(nn.Module):
     """
 
     def __init__(self, model: nn.Module, embedding: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("embedding", embedding.reshape(-1).detach(), persistent=False)  # (H,)
-        self.pad_multiple = getattr(model, "pad_multiple", 1)
-
-    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) and, for a guided network, (B, C, Hr, Wr) guidance -> the model's
-        output with the embedding broadcast to the batch."""
-        text = self.embedding.to(x.device)[None].expand(x.shape[0], -1)  # (B, H)
-        if ref is None:
-            return self.model(x, text)
-        return self.model(x, ref, text_embedding=text)
+        super().__init__(model, text_embedding=embedding)
 
 
 def build_network(network_g: Mapping[str, Any], weights: str | os.PathLike | None = None, strict: bool = True,
@@ -112,4 +158,5 @@ def build_network(network_g: Mapping[str, Any], weights: str | os.PathLike | Non
     return model
 
 
-__all__ = ["REF_PREFIX", "InstructedNetwork", "build_network", "is_guided", "takes_instruction"]
+__all__ = ["REF_PREFIX", "ConditionedNetwork", "InstructedNetwork", "build_network", "is_guided", "takes_daclip",
+           "takes_instruction", "with_daclip"]

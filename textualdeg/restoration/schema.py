@@ -115,6 +115,8 @@ PATH_SCHEMA = Section(
         "resume_state": Field(str, None, path=True, help="state folder (or state root) to resume from"),
         "auto_resume": Field(bool, True, help="resume from the newest complete state of this run if there is one"),
         "pretrain_dino": Field(str, None, path=True, help="DINOv2 ViT-B/14 folder or checkpoint (ref window choice)"),
+        "daclip": Field(str, None, path=True,
+                        help="DA-CLIP file or folder (DA-CLIP conditioned networks: embeddings of each input)"),
         "instruction_encoder": Field(str, None, path=True,
                                      help="fine-tuned instruction encoder folder (text-prompted networks; "
                                           "scripts/train/train_instruction_encoder.py)"),

@@ -79,7 +79,8 @@ from textualdeg.restoration.ema import ModelEMA
 from textualdeg.restoration.inference import restore_tensor
 from textualdeg.restoration.losses import pixel_loss
 from textualdeg.restoration.micro_batches import split_batch
-from textualdeg.restoration.network import REF_PREFIX, InstructedNetwork, build_network, is_guided, takes_instruction
+from textualdeg.daclip.conditions import embed_inputs, load_condition_embedder
+from textualdeg.restoration.network import REF_PREFIX, ConditionedNetwork, build_network, is_guided, takes_instruction
 from textualdeg.restoration.stage_losses import StageLoss
 from textualdeg.restoration.lr_schedulers import build_scheduler
 
@@ -424,7 +425,7 @@ def _forward_backward(model: nn.Module, batch: dict, criterion: nn.Module, accel
     stage_kwargs = {"stages": True} if isinstance(criterion, StageLoss) else {}
     # a text-prompted network reads the batch's instruction embeddings (B, H); one that is
     # guided as well (GuidedTextPromptIR) gets model(lq, ref, text_embedding=...)
-    kwargs = {**stage_kwargs, **({"text_embedding": batch["text_embedding"]} if "text_embedding" in batch else {})}
+    kwargs = {**stage_kwargs, **{key: batch[key] for key in ("text_embedding", "daclip") if key in batch}}
     with accelerator.autocast():
         if guided and correspondence_weight > 0:
             preds, corr_loss = model(lq, batch["ref"], clean=gt, generator=generator, **kwargs)
@@ -497,7 +498,8 @@ def side_by_side(lq: torch.Tensor, ref: torch.Tensor | None, out: torch.Tensor, 
 @torch.no_grad()
 def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step: int,
              vis_dir: Path | None, device: torch.device, accelerator: Any = None,
-             instructions: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
+             instructions: dict[str, torch.Tensor] | None = None,
+             daclip: Any = None) -> dict[str, dict[str, float]]:
     """Score ``model`` on every validation set (batch 1, full images, full reference), sharded over processes.
 
     Each image takes the path of stage-5 evaluation: ``textualdeg.restoration.inference.restore_tensor``
@@ -525,6 +527,8 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
         accelerator: the ``Accelerator`` whose processes share the images; None: all images here.
         instructions: text-prompted networks: dataset name -> its instruction embedding (H,)
             (``datasets.<key>.instruction``), given to every image of the set.
+        daclip: DA-CLIP conditioned networks: the frozen ``DAClipEmbedder``; each image is
+            embedded once, whole, before any tiling (``textualdeg.daclip.conditions``).
 
     Returns:
         dataset name -> metric name -> mean value (the same on every process).
@@ -537,10 +541,12 @@ def validate(model: nn.Module, val_sets: dict[str, Dataset], opt: Options, step:
     try:
         with _seeded_rngs(opt.manual_seed):
             for name, dataset in val_sets.items():
-                net = InstructedNetwork(model, instructions[name]) if instructions else model
+                text = instructions[name] if instructions else None
                 for i in range(rank, len(dataset), world):
                     item = dataset[i]
                     lq = item["lq"][None].to(device)  # (1, C, H, W)
+                    conditions = embed_inputs(daclip, lq) if daclip is not None else None  # (1, 2, D)
+                    net = model if text is None and conditions is None else ConditionedNetwork(model, text, conditions)
                     ref = item["ref"][None].to(device) if guided else None  # (1, C, Hr, Wr)
                     out, gt = _restore(net, lq, ref, opt).float(), item["gt"]  # (1, C, H, W), (C, H, W)
                     if getattr(dataset, "gray_to_rgb", False):  # gray scored as gray, as evaluation's replicate_gray
@@ -725,6 +731,7 @@ def train(opt: Options) -> Path:
                                     total_iter=t.total_iter)
         criterion = LOSS_REGISTRY.build(t.pixel_opt.to_dict())
         embedder = build_instruction_embedder(opt, model, accelerator.device)
+        daclip = load_condition_embedder(opt.path.daclip, model, accelerator.device)
         loader, train_set = build_train_loader(opt, accelerator.num_processes,
                                                embedder.tasks if embedder is not None else None)
         val_sets = {opt.datasets[k].name or k: build_restoration_dataset(opt.datasets[k], "val",
@@ -752,9 +759,9 @@ def train(opt: Options) -> Path:
 
         run.loop(
             loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen,
-                                             selector, embedder),
+                                             selector, embedder, daclip),
             Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True),
-            validate=(_validation(opt, accelerator, model, ema, val_sets, run.exp_dir, val_instructions)
+            validate=(_validation(opt, accelerator, model, ema, val_sets, run.exp_dir, val_instructions, daclip)
                       if val_sets else None),
             save_weights=write_weights,
         )
@@ -766,14 +773,16 @@ def train(opt: Options) -> Path:
 
 def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
                    criterion: nn.Module, ema: ModelEMA | None, guided: bool, frozen: FreezeWindow,
-                   selector: DinoWindowSelector | None = None, embedder: Any = None) -> StepFn:
+                   selector: DinoWindowSelector | None = None, embedder: Any = None, daclip: Any = None) -> StepFn:
     """One step of ``train``: the progressive crop, the DINOv2 windows, ``training_step``, the EMA update.
 
     With a ``selector`` (``ref_crop: dino``) the whole references of the batch, already on
     the device, are replaced by the windows matching the final LQ crops, batched, before
     the forward (``select_reference_windows``); the choice is deterministic, so resume and
     the process count do not change it. With an ``embedder`` (a text-prompted network) the
-    batch's ``instruction`` sentences become ``text_embedding`` (B, H) on the device.
+    batch's ``instruction`` sentences become ``text_embedding`` (B, H) on the device. With
+    ``daclip`` (a DA-CLIP conditioned network) the final LQ crops are embedded, batched, on
+    the device: ``daclip`` (B, 2, D).
     """
     t, ds_opt = opt.train, opt.datasets["train"]
     progressive = build_progressive(ds_opt)
@@ -785,6 +794,8 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
             batch = select_reference_windows(selector, batch)
         if embedder is not None:
             batch = dict(batch, text_embedding=embedder(batch["instruction"]))
+        if daclip is not None:
+            batch = dict(batch, daclip=embed_inputs(daclip, batch["lq"]))
         moves = torch.Generator().manual_seed(sample_seed(_CORRESPONDENCE_STREAM, opt.manual_seed, step))
         frozen.apply(step)
         out = training_step(model, batch, criterion, optimizer, accelerator, guided, clip,
@@ -798,7 +809,7 @@ def _step_function(opt: Options, accelerator: Any, model: nn.Module, optimizer: 
 
 def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA | None,
                 val_sets: dict[str, Dataset], exp_dir: Path,
-                instructions: dict[str, torch.Tensor] | None = None) -> ValidateFn:
+                instructions: dict[str, torch.Tensor] | None = None, daclip: Any = None) -> ValidateFn:
     """``validate`` of the EMA (``val.use_ema``) or trained network: logged, one record per dataset.
 
     Runs on every process (the engine calls it everywhere): the images are sharded over
@@ -808,7 +819,7 @@ def _validation(opt: Options, accelerator: Any, model: nn.Module, ema: ModelEMA 
     def validate_step(step: int) -> list[dict[str, Any]]:
         net = ema.module if ema is not None and opt.val.use_ema else accelerator.unwrap_model(model)
         results = validate(net, val_sets, opt, step, exp_dir / "visualization", accelerator.device, accelerator,
-                           instructions)
+                           instructions, daclip)
         for name, values in results.items():
             logger.info("validation %s at step %d: %s", name, step,
                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))

@@ -46,10 +46,12 @@ def test_registered_arch_smoke(name: str, photo_rgb) -> None:
     model = ARCH_REGISTRY.build({"type": name, **TINY_CONFIGS[name]})
     assert isinstance(model.pad_multiple, int) and model.pad_multiple >= 1
     inputs = _inputs(photo_rgb, type(model), text_dim=getattr(model, "text_dim", 0))
-    y = model(*inputs)
+    # DA-CLIP-conditioned archs also take the (B, 2, D) embeddings as the keyword ``daclip``
+    kw = {"daclip": torch.randn(2, 2, model.daclip_dim)} if getattr(model, "takes_daclip", False) else {}
+    y = model(*inputs, **kw)
     assert y.shape == inputs[0].shape and torch.isfinite(y).all()
     try:  # multi-stage networks train on every output (stage_losses.py)
-        outputs = [t for field in model(*inputs, stages=True) for t in field]  # images (and variances)
+        outputs = [t for field in model(*inputs, stages=True, **kw) for t in field]  # images (and variances)
     except ValueError:
         outputs = [y]
     sum(out.square().mean() for out in outputs).backward()
@@ -58,10 +60,10 @@ def test_registered_arch_smoke(name: str, photo_rgb) -> None:
     assert not unused, unused
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(*inputs), model(*inputs), atol=0, rtol=0)
+        torch.testing.assert_close(model(*inputs, **kw), model(*inputs, **kw), atol=0, rtol=0)
     bad = (torch.zeros(1, 5, 16, 16),) + tuple(inputs[1:])
     with pytest.raises(ValueError, match=r"\(1, 5, 16, 16\)"):
-        model(*bad)
+        model(*bad, **kw)
 
 
 def test_keylists_match_shared() -> None:

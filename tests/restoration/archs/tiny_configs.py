@@ -68,3 +68,19 @@ TINY_CONFIGS["TextPromptIR"] = TEXTPROMPTIR_TINY
 # GuidedTextPromptIR (guidance image and instruction): the tiny TextPromptIR plus the reference branch.
 GUIDED_TEXTPROMPTIR_TINY = dict(TEXTPROMPTIR_TINY, **_REFERENCE_TINY, reffusion_n_blocks=(1, 1, 1, 1))
 TINY_CONFIGS["GuidedTextPromptIR"] = GUIDED_TEXTPROMPTIR_TINY
+
+# DA-CLIP-conditioned archs (``model(..., daclip=e)``, e of shape (B, 2, daclip_dim)): the tiny
+# backbone plus a 16-wide embedding, 3 context tokens and 2 heads.
+_DACLIP_TINY = dict(daclip_dim=16, daclip_tokens=3, daclip_heads=2)
+TINY_CONFIGS.update(
+    {
+        "DAClipNAFNet": dict(NAFNET_TINY, **_DACLIP_TINY),
+        "DAClipRestormer": dict(RESTORMER_TINY, **_DACLIP_TINY),
+        "DAClipPromptIR": dict(PROMPTIR_TINY, **_DACLIP_TINY),
+        "DAClipTextPromptIR": dict(TEXTPROMPTIR_TINY, **_DACLIP_TINY),
+        "DAClipGuidedNAFNet": dict(GUIDED_NAFNET_TINY, **_DACLIP_TINY),
+        "DAClipGuidedRestormer": dict(GUIDED_RESTORMER_TINY, **_DACLIP_TINY),
+        "DAClipGuidedPromptIR": dict(GUIDED_PROMPTIR_TINY, **_DACLIP_TINY),
+        "DAClipGuidedTextPromptIR": dict(GUIDED_TEXTPROMPTIR_TINY, **_DACLIP_TINY),
+    }
+)

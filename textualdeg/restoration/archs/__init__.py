@@ -33,3 +33,18 @@ from textualdeg.restoration.archs.guided_textpromptir import GuidedTextPromptIR 
 
 __all__ += ["GuidedNAFNet", "GuidedPromptIR", "GuidedRestormer", "GuidedDRSformer", "GuidedDRSformer200LSPA",
             "GuidedDSRIR", "GuidedSFNet", "GuidedTextPromptIR"]
+
+# DA-CLIP-conditioned archs (content cross-attention, degradation modulation): model(..., daclip=e).
+from textualdeg.restoration.archs.daclip_archs import (  # noqa: E402
+    DAClipGuidedNAFNet,
+    DAClipGuidedPromptIR,
+    DAClipGuidedRestormer,
+    DAClipGuidedTextPromptIR,
+    DAClipNAFNet,
+    DAClipPromptIR,
+    DAClipRestormer,
+    DAClipTextPromptIR,
+)
+
+__all__ += ["DAClipNAFNet", "DAClipRestormer", "DAClipPromptIR", "DAClipTextPromptIR", "DAClipGuidedNAFNet",
+            "DAClipGuidedRestormer", "DAClipGuidedPromptIR", "DAClipGuidedTextPromptIR"]

@@ -111,3 +111,25 @@ def test_scalars_read_every_events_file_of_a_resumed_run(tmp_path):
     assert steps == list(range(1, 9))
     assert values[:3] == pytest.approx([1.0, 0.5, 1 / 3])
     assert values[3:] == pytest.approx([2.0 / s for s in range(4, 9)])  # the resumed values win
+
+
+def test_daclip_section_counts_each_degradation_and_lists_the_pictured_scenes(tmp_path):
+    import json
+
+    from textualdeg.demo.scenes import DACLIP_NAMES
+
+    assert report.daclip_markdown(tmp_path, PICTURE_SCENES) is None  # not run: no section
+    names = [DACLIP_NAMES[k] for k in DEGRADATIONS]
+    predictions = [{"image": f"data/test/input/{kind}_{scene}.png", "label": DACLIP_NAMES[kind],
+                    "degradation": DACLIP_NAMES[kind] if kind != "haze" else "noisy", "probability": 0.75}
+                   for kind in DEGRADATIONS for scene in PICTURE_SCENES]
+    record = {"num_images": len(predictions), "overall_accuracy": 0.75, "classes": names,
+              "per_class_accuracy": {n: (0.0 if n == "hazy" else 1.0) for n in names},
+              "per_class_count": {n: len(PICTURE_SCENES) for n in names}, "predictions": predictions}
+    (tmp_path / "daclip").mkdir()
+    (tmp_path / "daclip" / "classification.json").write_text(json.dumps(record))
+    text = report.daclip_markdown(tmp_path, PICTURE_SCENES)
+    assert f"| haze (hazy) | {len(PICTURE_SCENES)} | 0 | 0.00 |" in text
+    assert f"| noise (noisy) | {len(PICTURE_SCENES)} | {len(PICTURE_SCENES)} | 1.00 |" in text
+    assert "**0.75** (chance 0.25)" in text
+    assert f"| haze_{PICTURE_SCENES[0]} | hazy | noisy (0.75) |" in text

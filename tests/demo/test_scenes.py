@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from textualdeg.demo.scenes import (
@@ -57,3 +59,18 @@ def test_split_by_degradation_links_input_target_and_guidance(tmp_path):
         for folder in ("input", "target", "guidance"):
             names = sorted(p.name for p in (tmp_path / f"test_{kind}" / folder).iterdir())
             assert names == sorted(f"{kind}_{p}-{q}.png" for p in TEST_PHOTOS for q in QUADRANTS)
+
+
+def test_daclip_csvs_label_every_input_with_its_daclip_degradation(tmp_path):
+    from textualdeg.daclip.data import read_daclip_csv
+    from textualdeg.demo.scenes import DACLIP_NAMES, build_demo_dataset, write_daclip_csvs
+
+    counts = build_demo_dataset(tmp_path, size=16)
+    paths = write_daclip_csvs(tmp_path)
+    for split in ("train", "test"):
+        rows = read_daclip_csv(paths[split], list(DACLIP_NAMES.values()))
+        assert len(rows) == counts[split]
+        for row in rows:
+            kind = Path(row.path).stem.split("_", 1)[0]
+            assert row.degradation == DACLIP_NAMES[kind] and Path(row.path).is_file()
+            assert row.caption.startswith("a photo of the ")

@@ -10,6 +10,7 @@ Layout it reads (``<out>`` is the demo folder)::
     data/clean_test/guidance/<scene>.png             guidance from the clean scene's words
     results/<run>/*/per_image.csv, results/<run>/*/images/<stem>.png   stage 5, one per run
     experiments/<experiment>/logs/**/events.out.tfevents.*            TensorBoard
+    daclip/classification.json, daclip/confusion_matrix.png          DA-CLIP on the test inputs
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textualdeg.demo.scenes import DEGRADATIONS
+from textualdeg.demo.scenes import DACLIP_NAMES, DEGRADATIONS
 
 #: The ablation's rows, in order: (variant key, label, guidance folder or None).
 VARIANTS = (
@@ -314,3 +315,36 @@ def loss_curves(out: Path, path: Path, panels: Mapping[str, Sequence[str]]) -> P
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def daclip_markdown(out: Path, scenes: Sequence[str]) -> str | None:
+    """The DA-CLIP section's tables from ``<out>/daclip/classification.json``; None when it is absent.
+
+    Per demo degradation: the test inputs, how many DA-CLIP classified right, and its accuracy
+    (chance: one over the classes); then the prediction and its probability for every
+    degradation of ``scenes``.
+    """
+    path = out / "daclip" / "classification.json"
+    if not path.is_file():
+        return None
+    import json
+
+    record = json.loads(path.read_text())
+    chance = 1.0 / max(1, len(record["per_class_accuracy"]))
+    lines = ["| degradation (DA-CLIP name) | test inputs | classified right | accuracy |", "|---|---:|---:|---:|"]
+    for kind in DEGRADATIONS:
+        name = DACLIP_NAMES[kind]
+        count = record["per_class_count"].get(name, 0)
+        accuracy = record["per_class_accuracy"].get(name, 0.0)
+        lines.append(f"| {kind} ({name}) | {count} | {round(accuracy * count)} | {accuracy:.2f} |")
+    lines.append(f"| **all** | {record['num_images']} | {round(record['overall_accuracy'] * record['num_images'])} "
+                 f"| **{record['overall_accuracy']:.2f}** (chance {chance:.2f}) |")
+    by_stem = {Path(p["image"]).stem: p for p in record["predictions"]}
+    lines += ["", "| test input | true | predicted (probability) |", "|---|---|---|"]
+    for scene in scenes:
+        for kind in DEGRADATIONS:
+            prediction = by_stem.get(f"{kind}_{scene}")
+            if prediction is not None:
+                lines.append(f"| {kind}_{scene} | {prediction['label']} | {prediction['degradation']} "
+                             f"({prediction['probability']:.2f}) |")
+    return "\n".join(lines)

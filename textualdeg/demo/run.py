@@ -15,7 +15,11 @@ Through the same scripts and option files a user runs (``options/demo/``):
    guidance (the oracle); up to ``--jobs`` runs at a time, each on ``--threads`` threads;
 5. scores every run on the held-out test photographs (``scripts/eval/evaluate.py``) and
    writes ``<out>/report.md``: the guidance table, the ablation, the comparison pictures
-   and the loss curves.
+   and the loss curves;
+6. beside them, DA-CLIP (arXiv:2310.01018): a tiny degradation-aware controller trained on
+   the training inputs (``scripts/train/train_daclip.py``) classifies every test input's
+   degradation (``textualdeg.daclip.classify.evaluate_classifier``); the report gains its
+   per-class accuracy, the confusion matrix and the predictions on the pictured scenes.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
 Representations" (Lin et al., CVPR 2024), arXiv:2312.17334.
@@ -35,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textualdeg.demo import report
-from textualdeg.demo.scenes import DEGRADATIONS, TEST_PHOTOS, build_demo_dataset, split_by_degradation
+from textualdeg.demo.scenes import (DEGRADATIONS, TEST_PHOTOS, build_demo_dataset, split_by_degradation,
+                                    write_daclip_csvs)
 from textualdeg.log import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -57,6 +62,8 @@ GUIDANCE_STAGES = (
     ("stage 3 (report): guidance without the TR mapper", "scripts/generate/generate_reference.py",
      "options/demo/generate_without_tr.yml"),
 )
+DACLIP_STAGE = ("DA-CLIP: degradation-aware controller", "scripts/train/train_daclip.py",
+                "options/demo/train_daclip.yml")
 #: variant -> (stage-4 option file, stage-5 option file)
 VARIANT_FILES = {
     "plain": ("options/demo/train_restoration_plain.yml", "options/demo/evaluate_plain.yml"),
@@ -159,6 +166,20 @@ def run_all_restorations(runs: Sequence[RestorationRun], out: Path, jobs: int, t
     return seconds
 
 
+def run_daclip(out: Path, threads: int) -> float:
+    """Train the demo's DA-CLIP and classify the test inputs into ``<out>/daclip/``; returns seconds."""
+    from textualdeg.daclip.classify import evaluate_classifier, format_report
+
+    title, script, option_file = DACLIP_STAGE
+    logger.info("=== %s: python %s -opt %s", title, script, option_file)
+    start = time.perf_counter()
+    run_script(script, option_file, thread_env(threads))
+    record = evaluate_classifier(out / "experiments" / "demo_daclip" / "daclip", out / "data" / "daclip_test.csv",
+                                 out / "daclip")
+    logger.info("DA-CLIP on the test inputs:\n%s", format_report(record))
+    return time.perf_counter() - start
+
+
 def write_report(out: Path, seeds: Sequence[int], timings: dict[str, float], jobs: int, threads: int,
                  reference_mode: str = "refined") -> tuple[Path, str]:
     """Write ``<out>/report.md`` from what the stages wrote; returns it and the tables for the console."""
@@ -179,6 +200,21 @@ def write_report(out: Path, seeds: Sequence[int], timings: dict[str, float], job
                                 for v, _, _ in report.VARIANTS] for kind in DEGRADATIONS},
     }
     report.loss_curves(out, out / "loss_curves.png", panels)
+    daclip_tables = report.daclip_markdown(out, PICTURE_SCENES)
+    if daclip_tables is not None:
+        tables += "\n\n" + daclip_tables
+    daclip_section = "" if daclip_tables is None else f"""
+## DA-CLIP: which degradation does each test input show?
+
+A tiny DA-CLIP controller (arXiv:2310.01018; `options/demo/train_daclip.yml`, a random frozen
+CLIP of 64 px with 8-px patches) trained on the training inputs' captions and degradation names
+(`data/daclip_train.csv`), then classified each held-out test input's degradation (the
+prediction is the degradation name whose text embedding is nearest its degradation embedding):
+
+{daclip_tables}
+
+![confusion matrix](daclip/confusion_matrix.png)
+"""
     timing_lines = "\n".join(f"| {title} | {seconds:.0f} |" for title, seconds in timings.items())
     seed_text = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds (mean ± std over seeds)"
     text = f"""# textualdeg demo report
@@ -219,6 +255,7 @@ three ways; (b) and (c) use the {path_label}.
 
 Columns: {" | ".join(report.COMPARISON_COLUMNS)} (seed {seeds[0]}); rows: {", ".join(DEGRADATIONS)} for the scenes {", ".join(PICTURE_SCENES)}.
 
+{daclip_section}
 ## Training loss
 
 ![loss curves](loss_curves.png)
@@ -267,10 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     install_prior(out / "models")
     build_demo_dataset(out / "data")
+    write_daclip_csvs(out / "data")
     timings["tiny prior and data"] = time.perf_counter() - t0
     for title, script, option_file in GUIDANCE_STAGES:
         logger.info("=== %s: python %s -opt %s", title, script, option_file)
         timings[title] = run_script(script, option_file, thread_env(cores))
+    timings[DACLIP_STAGE[0]] = run_daclip(out, cores)
     split_by_degradation(out / "data")
     seeds = list(range(args.seeds))
     # the guided runs take about twice as long as the plain ones: start them first, so the pool ends together

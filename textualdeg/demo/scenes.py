@@ -25,6 +25,8 @@ TEST_PHOTOS = ("rocket", "chelsea")
 QUADRANTS = ("tl", "tr", "bl", "br")
 SCENE_SIZE = 64
 _DEGRADATION_KWARGS = {"noise": {"sigma": 25.0}, "blur": {"kernel_size": 9, "length": (3.0, 7.0)}}
+#: demo degradation -> DA-CLIP's name for it (textualdeg.daclip.model.DEGRADATIONS)
+DACLIP_NAMES = {"noise": "noisy", "blur": "motion-blurry", "haze": "hazy", "rain": "rainy"}
 
 
 def photograph(name: str) -> np.ndarray:
@@ -111,3 +113,22 @@ def split_by_degradation(data_root: Path, folders: tuple[str, ...] = ("input", "
                         os.link(source, destination / source.name)
                     except OSError:  # another file system: copy
                         shutil.copy2(source, destination / source.name)
+
+
+def write_daclip_csvs(data_root: Path) -> dict[str, Path]:
+    """Write ``data_root/daclip_{train,test}.csv``: every degraded input of the split, DA-CLIP's format.
+
+    Tab-separated ``filepath`` (relative to the CSV) and ``title`` = ``"<caption>: <degradation>"``;
+    the caption names the photograph ("a photo of the rocket"), the degradation is DA-CLIP's
+    name of the demo degradation (``DACLIP_NAMES``). Returns split -> CSV path.
+    """
+    paths = {}
+    for split in ("train", "test"):
+        lines = ["filepath\ttitle"]
+        for source in sorted((data_root / split / "input").glob("*.png")):
+            kind, scene = source.stem.split("_", 1)
+            photo = scene.rsplit("-", 1)[0].replace("_", " ")
+            lines.append(f"{split}/input/{source.name}\ta photo of the {photo}: {DACLIP_NAMES[kind]}")
+        paths[split] = data_root / f"daclip_{split}.csv"
+        paths[split].write_text("\n".join(lines) + "\n")
+    return paths

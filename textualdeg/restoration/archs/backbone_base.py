@@ -61,7 +61,7 @@ class PaddedBackbone(nn.Module):
     checkpoint_modes: tuple[str, ...] = CHECKPOINT_MODES
     checkpointing: str = "none"
 
-    def forward(self, x: torch.Tensor, stages: bool = False) -> Any:
+    def forward(self, x: torch.Tensor, stages: bool = False, **backbone_inputs: Any) -> Any:
         """Restore a batch.
 
         Args:
@@ -70,6 +70,9 @@ class PaddedBackbone(nn.Module):
                 SFNet's scales, DSRIR's stages), each cropped to its share of (H, W), for
                 the stage losses (``restoration/stage_losses.py``). Going through
                 ``forward`` keeps DDP's gradient hooks.
+            **backbone_inputs: further keywords of ``_forward_padded`` /
+                ``_forward_stages_padded`` (checked by the caller): TextPromptIR's
+                ``text_embedding``, a DA-CLIP conditioned network's ``daclip``.
 
         Returns:
             (B, output channels, H, W); with ``stages``, the network's stage outputs.
@@ -78,11 +81,11 @@ class PaddedBackbone(nn.Module):
         h, w = x.shape[-2:]
         padded = self._pad(x)
         if stages:
-            return crop_stages(self._forward_stages_padded(padded), padded.shape[-2:], (h, w))
-        out = self._forward_padded(padded)
+            return crop_stages(self._forward_stages_padded(padded, **backbone_inputs), padded.shape[-2:], (h, w))
+        out = self._forward_padded(padded, **backbone_inputs)
         return out[:, :, :h, :w]
 
-    def _forward_stages_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None) -> Any:
+    def _forward_stages_padded(self, inp: torch.Tensor, fuse: FuseFn | None = None, **backbone_inputs: Any) -> Any:
         """Every output of a multi-stage network (a NamedTuple of tensor lists, final first)."""
         raise ValueError(f"{type(self).__name__} has a single output: train it with a pixel loss "
                          f"(train.pixel_opt), not a stage loss")

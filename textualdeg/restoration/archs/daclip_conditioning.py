@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textualdeg.restoration.archs.backbone_base import FuseFn, check_image_input, crop_stages
+from textualdeg.restoration.archs.backbone_base import FuseFn, PaddedBackbone, check_image_input
 from textualdeg.restoration.archs.memory import active_checkpointing, checkpoint_call
 from textualdeg.restoration.archs.norms import LayerNorm2d
 
@@ -220,11 +220,6 @@ class DAClipConditionMixin:
             **backbone_inputs: further keywords of the backbone's ``_forward_padded``
                 (TextPromptIR's ``text_embedding``).
         """
-        check_image_input(x, self.input_channels)  # type: ignore[attr-defined]
+        check_image_input(x, self.input_channels)  # type: ignore[attr-defined]  (the image's error first)
         e = self._check_daclip(daclip, x.shape[0], x.dtype)
-        h, w = x.shape[-2:]
-        padded = self._pad(x)  # type: ignore[attr-defined]
-        if stages:
-            outs = self._forward_stages_padded(padded, daclip=e, **backbone_inputs)
-            return crop_stages(outs, padded.shape[-2:], (h, w))
-        return self._forward_padded(padded, daclip=e, **backbone_inputs)[:, :, :h, :w]
+        return PaddedBackbone.forward(self, x, stages, daclip=e, **backbone_inputs)  # type: ignore[arg-type]

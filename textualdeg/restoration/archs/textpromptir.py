@@ -345,8 +345,7 @@ class TextPromptIR(PaddedBackbone):
         if stages:
             self._forward_stages_padded(x)
         text = self._check_text(text_embedding, x.shape[0]).to(x.dtype)
-        h, w = x.shape[-2:]
-        return self._forward_padded(self._pad(x), text)[:, :, :h, :w]
+        return super().forward(x, text_embedding=text)
 
     def _check_text(self, text: torch.Tensor, batch: int) -> torch.Tensor:
         if text.ndim == 1:

@@ -67,21 +67,20 @@ def load_condition_embedder(daclip_path: str | None, model: nn.Module, device: t
         ValueError: a conditioned network without ``daclip_path``, or a DA-CLIP whose
             embedding width is not the network's ``daclip_dim``.
     """
-    inner = model
-    if not getattr(inner, "takes_daclip", False):
+    if not getattr(model, "takes_daclip", False):
         if daclip_path:
-            logger.warning("%s=%s ignored: %s reads no DA-CLIP embedding", owner, daclip_path, type(inner).__name__)
+            logger.warning("%s=%s ignored: %s reads no DA-CLIP embedding", owner, daclip_path, type(model).__name__)
         return None
     if not daclip_path:
-        raise ValueError(f"{type(inner).__name__} is conditioned on DA-CLIP embeddings: set {owner} to a DA-CLIP "
+        raise ValueError(f"{type(model).__name__} is conditioned on DA-CLIP embeddings: set {owner} to a DA-CLIP "
                          f"file or folder (the official daclip_ViT-B-32.pt, or experiments/<name>/daclip of "
                          f"scripts/train/train_daclip.py)")
     from textualdeg.daclip.embedder import DAClipEmbedder
 
     embedder = DAClipEmbedder.from_pretrained(daclip_path, device)
-    width = getattr(inner, "daclip_dim", None)
+    width = getattr(model, "daclip_dim", None)
     if width is not None and embedder.embed_dim != width:
         raise ValueError(f"{owner}={daclip_path} embeds to width {embedder.embed_dim}, but network_g.daclip_dim "
-                         f"of {type(inner).__name__} is {width}")
+                         f"of {type(model).__name__} is {width}")
     logger.info("DA-CLIP %s: embeddings of width %d on %s", daclip_path, embedder.embed_dim, device)
     return embedder

@@ -139,3 +139,28 @@ def test_build_names_unknown_and_missing_arguments_and_the_arch() -> None:
     with pytest.raises(TypeError, match=r"arch 'Needs'.*missing argument 'depth'; it takes: depth, width"):
         reg.build({"type": "Needs", "width": 4})
     assert reg.build({"type": "Needs", "depth": 2}).depth == 2
+
+
+def test_build_names_the_arch_of_a_bad_value() -> None:
+    """A constructor's ValueError names the argument; build adds the type (subclasses pass as raised)."""
+
+    class Checked:
+        def __init__(self, depth: int = 1) -> None:
+            if depth < 1:
+                raise ValueError(f"depth must be >= 1, got {depth}")
+
+    class Special(ValueError):
+        pass
+
+    class Raises:
+        def __init__(self) -> None:
+            raise Special("kept as raised")
+
+    reg = Registry("arch")
+    reg.register(Checked)
+    reg.register(Raises)
+    with pytest.raises(ValueError, match=r"^cannot build arch 'Checked': depth must be >= 1, got 0$") as info:
+        reg.build({"type": "Checked", "depth": 0})
+    assert type(info.value.__cause__) is ValueError
+    with pytest.raises(Special, match="^kept as raised$"):
+        reg.build({"type": "Raises"})

@@ -68,6 +68,11 @@ class Registry:
             return cls(**kwargs)
         except TypeError as err:
             raise TypeError(f"cannot build {self._name} '{spec['type']}' with {sorted(kwargs)}: {err}") from err
+        except ValueError as err:
+            if type(err) is not ValueError:  # a subclass (OptionsError, ...) callers may catch: as raised
+                raise
+            # a bad value: the constructor's message names the argument, this names the type
+            raise ValueError(f"cannot build {self._name} '{spec['type']}': {err}") from err
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

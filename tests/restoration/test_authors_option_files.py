@@ -174,6 +174,12 @@ def test_wrong_network_key_and_wrong_variant_checkpoint_are_named(tmp_path):
     sfnet = OPTION_DIR / "005_sfnet_image_dehazing_indoor.yml"
     with pytest.raises(TypeError, match=r"arch 'SFNetRefFusion'.*unknown argument 'num_ress' \(did you mean 'num_res'\?\)"):
         build_model(load_options(sfnet, RESTORATION_SCHEMA, {"network_g.num_ress": 4}))
+    # a wrong value: the authors' string mode (D36(f)) and a fusion list of the wrong length
+    with pytest.raises(ValueError, match=r"arch 'SFNetRefFusion': mode must be a list \[phase, scene\]"):
+        build_model(load_options(sfnet, RESTORATION_SCHEMA, {"network_g.mode": "train"}))
+    with pytest.raises(ValueError, match=r"arch 'DRSformerRefFusion': reffusion_n_blocks must give 4 block counts"):
+        build_model(load_options(OPTION_DIR / "009_drsformer_image_deraining_diddata.yml", RESTORATION_SCHEMA,
+                                 {"network_g.reffusion_n_blocks": [2, 2, 2]}))
     # a Rain200L/SPA checkpoint (no MEFC) given to the full DRSformer of option 008
     from textualdeg.restoration.archs import DRSformer200LSPA
 

@@ -3,10 +3,11 @@
 A plain pixel loss (``losses.py``) sees the final image only. Some backbones are trained
 on all their outputs: SFNet on its 1/4, 1/2 and full-resolution images, DSRIR on the
 images and uncertainty maps of its three stages. Such a loss derives from
-:class:`StageLoss`; the training step then calls ``model.forward_stages(lq[, ref])``
+:class:`StageLoss`; the training step then calls ``model(lq[, ref], stages=True)`` (through
+``forward``, so DDP's gradient hooks apply; the same outputs as ``model.forward_stages``)
 instead of ``model(lq[, ref])`` and passes its result, the target and the degraded input
-to the loss. ``forward_stages`` returns an object whose ``images`` list holds every
-output image, **final first** (DSRIR's ``DSRIRStages`` also carries ``variances``).
+to the loss. The result is an object whose ``images`` list holds every output image,
+**final first** (DSRIR's ``DSRIRStages`` also carries ``variances``).
 
 Registered in ``LOSS_REGISTRY``; an option file names one in ``train.pixel_opt``.
 
@@ -50,7 +51,7 @@ def stage_images(stages: Any, owner: str) -> list[torch.Tensor]:
 class StageLoss(nn.Module):
     """Base of the losses on all outputs: ``forward(stages, target, lq) -> scalar``.
 
-    The training step recognises a ``StageLoss`` and calls ``model.forward_stages``.
+    The training step recognises a ``StageLoss`` and calls ``model(..., stages=True)``.
     """
 
     def forward(self, stages: Any, target: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:  # pragma: no cover

@@ -45,6 +45,7 @@ def test_parity_with_official_forward() -> None:
     model = DSRIR(**kwargs).eval()
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
     model.load_state_dict(state, strict=True)
+    assert tensors["input.0"].shape[-2:] != tensors["input.1"].shape[-2:]  # two input shapes
     for i in range(2):
         x = tensors[f"input.{i}"]
         with torch.no_grad():

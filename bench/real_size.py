@@ -37,7 +37,7 @@ same weights, ours and theirs alternating call by call (``--no-baseline`` skips 
   windows, a LayerNorm that recomputes its statistics). Same weights, same input: the
   outputs are compared too.
 
-Targets (issue 11): on a GPU generation >= 3x and the guided step >= 1.5x; on a CPU ours
+Targets: on a GPU generation >= 3x and the guided step >= 1.5x; on a CPU ours
 is never slower at equal numerics. docs/real_size.md has the measured tables.
 
 Paper: "Improving Image Restoration through Removing Degradations in Textual
@@ -437,7 +437,7 @@ def generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
 
 def _ratio(stage: str, what: str, ours: Row, theirs: Row, note: str, gpu_target: float, device: torch.device) -> Row:
-    """Theirs / ours per image, with the issue's target: ``gpu_target`` on a GPU, never slower on a CPU."""
+    """Theirs / ours per image, with the target: ``gpu_target`` on a GPU, never slower on a CPU."""
     ratio = theirs.seconds / ours.seconds
     per_image = (theirs.seconds / max(theirs.images, 1)) / (ours.seconds / max(ours.images, 1))
     target = gpu_target if device.type == "cuda" else 1.0

@@ -846,6 +846,30 @@ def test_start_up_removes_stale_temporaries_of_ours_only(tmp_path, fresh_acceler
     assert [s for s, _ in restarted.complete_states()] == [1, 2, 4]
 
 
+def test_a_full_disk_during_the_state_save_says_so_and_names_the_state_folder(tmp_path, monkeypatch,
+                                                                             fresh_accelerate_state):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    run = _tiny_run()
+    checkpointer = _checkpointer(tmp_path / "state", run[4])
+    checkpointer.save(run[0], 1)
+
+    def torch_save_on_a_full_disk(folder):  # what torch.save raises when the disk fills up
+        (Path(folder) / "optimizer.bin").write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(run[0], "save_state", torch_save_on_a_full_disk)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError, match=r"No space left on device while writing the training state of step 2 into "
+                                      r".*\.tmp_step_00000002") as info:
+        checkpointer.save(run[0], 2)
+    assert info.value.errno == errno.ENOSPC
+    assert [s for s, _ in checkpointer.complete_states()] == [1]  # the earlier state is intact
+
+
 def test_rotation_keeps_last_weight_files_latest_and_those_of_kept_states(tmp_path, fresh_accelerate_state):
     run = _tiny_run()
     root, ckpt = tmp_path / "state", tmp_path / "checkpoints"

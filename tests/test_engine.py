@@ -165,6 +165,31 @@ def test_flat_config_and_schedule():
     assert [s for s in range(1, 8) if when.validates(s)] == [7]
     with pytest.raises(ValueError, match="save_every=0"):
         Schedule(total=7, log_every=1, save_every=0)
+    for total in (0, -1, True):
+        with pytest.raises(ValueError, match=f"total={total!r}: expected at least 1 optimizer step"):
+            Schedule(total=total, log_every=1, save_every=1)
+
+
+@pytest.mark.parametrize("entry, option_file, key", [
+    ("textualdeg.guidance.train:main_i2t", "train_i2t/sd21base_vith14.yml", "train.max_train_steps"),
+    ("textualdeg.guidance.train:main_tr", "train_tr/sd21base_vith14.yml", "train.max_train_steps"),
+    ("textualdeg.restoration.train:main", "train_restoration/tiny_cpu.yml", "train.total_iter"),
+    ("textualdeg.daclip.train:main", "train_daclip/daclip_tiny_cpu.yml", "train.total_iter"),
+    ("textualdeg.instruction.train:main", "train_instruction/textpromptir_tiny_cpu.yml", "train.total_iter"),
+])
+@pytest.mark.parametrize("steps", [0, -3])
+def test_every_stage_refuses_a_plan_of_no_steps_before_it_touches_the_run_folder(tmp_path, entry, option_file,
+                                                                                 key, steps):
+    """A plan of no steps used to write the untrained weights as the result and exit 0."""
+    import importlib
+
+    module, name = entry.split(":")
+    main = getattr(importlib.import_module(module), name)
+    option_path = Path(__file__).resolve().parents[1] / "options" / option_file
+    with pytest.raises(ValueError, match=r"expected at least 1 optimizer step .*nothing would be trained"):
+        main(["-opt", str(option_path), "--set", f"{key}={steps}", "--set",
+              f"path.experiments_root={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_process_group_timeout_is_an_option(tmp_path):

@@ -114,6 +114,31 @@ def test_read_only_folder_is_named_not_the_hidden_temp(tmp_path, monkeypatch):
             pass
 
 
+def test_a_library_writing_a_folder_gets_the_folder_named_on_a_full_or_read_only_disk(tmp_path, monkeypatch):
+    """torch.save reports a full disk as 'unexpected pos 704 vs 598', without a path."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    cryptic = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # space is left: not ours to explain
+        with fileio.naming_write_errors(tmp_path, "the state"):
+            raise cryptic
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 4096))
+    with pytest.raises(OSError, match=rf"No space left on device while writing the state into {tmp_path} ") as info:
+        with fileio.naming_write_errors(tmp_path, "the state"):
+            raise cryptic
+    assert info.value.errno == errno.ENOSPC and info.value.__cause__ is cryptic
+    monkeypatch.undo()
+    with pytest.raises(PermissionError, match=rf"cannot write the state: folder {tmp_path} is not writable"):
+        with fileio.naming_write_errors(tmp_path, "the state"):
+            raise OSError(errno.EROFS, "Read-only file system")
+    with pytest.raises(ValueError):  # not a write error
+        with fileio.naming_write_errors(tmp_path, "the state"):
+            raise ValueError("x")
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
 def test_weights_and_states_get_the_umask_mode_not_0600(tmp_path, umask):
     """safetensors creates 0600 files; ours follow the umask so a group can read shared runs."""

@@ -87,7 +87,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from textualdeg.fileio import apply_default_mode, atomic_write, atomic_write_text, fsync_directory, fsync_tree
+from textualdeg.fileio import (apply_default_mode, atomic_write, atomic_write_text, fsync_directory, fsync_tree,
+                               naming_write_errors)
 from textualdeg.log import get_logger
 
 logger = get_logger(__name__)
@@ -764,6 +765,8 @@ class StateCheckpointer:
             ValueError: ``step`` is negative or not an int, the accelerator uses
                 ``automatic_checkpoint_naming`` (which ignores the folder we give it), or
                 objects were registered with ``accelerator.register_for_checkpointing``.
+            OSError: the disk filled up ("No space left on device", naming the state folder;
+                the earlier states are untouched).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step={step!r}: expected an int >= 0")
@@ -783,13 +786,14 @@ class StateCheckpointer:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
         rank = accelerator.process_index
-        # accelerate's RNG file is a pickle (numpy arrays inside); ours holds the same streams
-        (tmp / f"{RNG_STATE_NAME}_{rank}.pkl").unlink(missing_ok=True)
-        _save_rng_state(tmp, rank, accelerator.step)
-        if accelerator.is_main_process:
-            self._save_objects(tmp)
+        with naming_write_errors(tmp, f"the training state of step {step}"):
+            accelerator.save_state(str(tmp))
+            # accelerate's RNG file is a pickle (numpy arrays inside); ours holds the same streams
+            (tmp / f"{RNG_STATE_NAME}_{rank}.pkl").unlink(missing_ok=True)
+            _save_rng_state(tmp, rank, accelerator.step)
+            if accelerator.is_main_process:
+                self._save_objects(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self._finalize(tmp, final, step, accelerator.num_processes, info)

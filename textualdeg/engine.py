@@ -165,7 +165,8 @@ class Schedule:
     """When the loop logs, saves and validates, in optimizer steps.
 
     Args:
-        total: the last step.
+        total: the last step (>= 1: a plan of no steps would write untrained weights as
+            its result).
         log_every: log the mean losses every this many steps (and at ``total``).
         save_every: save the full state every this many steps (and at ``total``).
         validate_every: validate every this many steps (0: never).
@@ -179,6 +180,9 @@ class Schedule:
     validate_at_end: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.total, bool) or not isinstance(self.total, int) or self.total < 1:
+            raise ValueError(f"total={self.total!r}: expected at least 1 optimizer step (the stage's "
+                             "train.total_iter or train.max_train_steps); nothing would be trained")
         for name in ("log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a number of steps >= 1")

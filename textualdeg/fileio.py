@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +183,49 @@ def _is_disk_full(error: BaseException) -> bool:
         return True
     text = str(error)
     return "No space left on device" in text or "StorageFull" in text or "os error 28" in text
+
+
+#: Free bytes below which a failed write into a folder is taken for a full disk.
+FULL_DISK_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def naming_write_errors(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Name the folder when a library writing several files into it fails on a full or read-only disk.
+
+    For writers that open their files themselves (accelerate's ``save_state``), where
+    :func:`atomic_write` cannot help: ``torch.save`` reports a full disk as
+    ``unexpected pos 704 vs 598``, without the path. An error that names no cause is
+    taken for a full disk when less than :data:`FULL_DISK_BYTES` are free in ``folder``
+    after it; any other error passes through unchanged.
+
+    Args:
+        folder: the folder being written.
+        what: what is being written, for the message (e.g. ``"the training state of step 40"``).
+
+    Raises:
+        OSError: errno ENOSPC, "No space left on device while writing <what> into <folder>".
+        PermissionError: the folder is on a read-only file system or not writable.
+    """
+    folder = Path(folder)
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if _is_disk_full(error) or _free_bytes(folder) < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {what} into {folder} "
+                                        f"(free space there and run again)") from error
+        if isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES):
+            raise PermissionError(errno.EACCES, f"cannot write {what}: folder {folder} is not writable "
+                                                f"(read-only file system or missing permission)") from error
+        raise
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes free for writing in ``folder``'s file system (unknown: a large number)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

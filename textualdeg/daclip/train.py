@@ -49,8 +49,8 @@ from textualdeg.options import Options, parse_options
 
 logger = get_logger(__name__)
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler", "clip_loss", "daclip_loss", "evaluate_daclip",
-           "train_daclip", "main"]
+__all__ = ["build_model", "build_optimizer", "build_warmup_cosine_schedule", "clip_loss", "daclip_loss",
+           "evaluate_daclip", "train_daclip", "main"]
 
 OUTPUT_FOLDER = "daclip"
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps logit_scale to [0, ln 100] after every step
@@ -145,7 +145,8 @@ def build_optimizer(model: Any, opt: Options) -> torch.optim.Optimizer:
     ], lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, opt: Options) -> torch.optim.lr_scheduler.LambdaLR:
+def build_warmup_cosine_schedule(optimizer: torch.optim.Optimizer,
+                                 opt: Options) -> torch.optim.lr_scheduler.LambdaLR:
     """open_clip's ``cosine_lr``: linear warm-up over ``train.warmup_iter`` steps, then cosine to 0."""
     warmup, total = max(0, opt.train.warmup_iter), opt.train.total_iter
 
@@ -273,12 +274,15 @@ def train_daclip(opt: Options) -> Path:
     ds, t = opt.datasets, opt.train
     if len(set(ds.degradations)) != len(ds.degradations) or not ds.degradations:
         raise ValueError(f"datasets.degradations={ds.degradations}: expected distinct names")
+    # validate_at_end only counts when there is a validation set (run.loop gets validate=None otherwise)
+    when = Schedule(t.total_iter, opt.logger.print_freq, opt.logger.save_checkpoint_freq, opt.val.val_freq,
+                    validate_at_end=True)
     with Run.open(opt, log_with=build_trackers(opt.logger.use_tb_logger)) as run:
         accelerator = run.accelerator
         daclip = build_model(opt)
         train_set, val_set = _datasets(opt, daclip)
         optimizer = build_optimizer(daclip, opt)
-        scheduler = build_scheduler(optimizer, opt)
+        scheduler = build_warmup_cosine_schedule(optimizer, opt)
         global_batch = ds.batch_size_per_gpu * accelerator.num_processes
         loader = DataLoader(train_set, batch_size=ds.batch_size_per_gpu, drop_last=True, collate_fn=collate,
                             num_workers=ds.num_worker_per_gpu,
@@ -304,10 +308,8 @@ def train_daclip(opt: Options) -> Path:
             save_daclip(accelerator.unwrap_model(model), folder, degradations=tuple(ds.degradations))
 
         validate = _validation(accelerator, model, val_set, ds.val_batch_size) if val_set is not None else None
-        run.loop(loader, scheduler, _step_function(opt, accelerator, model, optimizer),
-                 Schedule(t.total_iter, opt.logger.print_freq, opt.logger.save_checkpoint_freq, opt.val.val_freq,
-                          validate_at_end=val_set is not None),
-                 validate=validate, save_weights=save_weights, desc="daclip")
+        run.loop(loader, scheduler, _step_function(opt, accelerator, model, optimizer), when, validate=validate,
+                 save_weights=save_weights, desc="daclip")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             save_weights(run.step)

@@ -493,6 +493,7 @@ def train_mapper(opt: Options, stage: str) -> Path:
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
     t = opt.train
+    when = Schedule(t.max_train_steps, t.log_steps, t.checkpointing_steps, opt.val.validation_steps)
     with Run.open(opt, log_with=build_trackers(t.use_tb_logger),
                   gradient_accumulation_steps=t.gradient_accumulation_steps) as run:
         accelerator = run.accelerator
@@ -510,8 +511,7 @@ def train_mapper(opt: Options, stage: str) -> Path:
         _log_running_block(opt, accelerator, dataset, loader, model, lr)
         run.begin(f"{stage}_mapping", keep_last=t.checkpoints_total_limit, weight_prefixes=(_WEIGHTS_NAME[stage],))
 
-        run.loop(loader, lr_scheduler, _step_function(opt, accelerator, model, optimizer),
-                 Schedule(t.max_train_steps, t.log_steps, t.checkpointing_steps, opt.val.validation_steps),
+        run.loop(loader, lr_scheduler, _step_function(opt, accelerator, model, optimizer), when,
                  validate=_validation(opt, accelerator, model, dataset, run.exp_dir), desc=f"{stage} mapper")
         accelerator.wait_for_everyone()
         path = run.exp_dir / "checkpoints" / f"{_WEIGHTS_NAME[stage]}.safetensors"

@@ -114,7 +114,8 @@ def build_optimizer(encoder: InstructionEncoder, opt: Options) -> torch.optim.Op
     ], weight_decay=t.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, opt: Options) -> torch.optim.lr_scheduler.LambdaLR:
+def build_warmup_linear_schedule(optimizer: torch.optim.Optimizer,
+                                 opt: Options) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``train.warmup_iter`` steps, then linear decay to 0 at ``train.total_iter``."""
     warmup, total = max(0, opt.train.warmup_iter), opt.train.total_iter
 
@@ -172,13 +173,15 @@ def train_instruction_encoder(opt: Options) -> Path:
         textualdeg.experiment.ExperimentLocked: another run is using the run folder.
     """
     ds, t = opt.datasets, opt.train
+    when = Schedule(t.total_iter, opt.logger.print_freq, opt.logger.save_checkpoint_freq, opt.val.val_freq,
+                    validate_at_end=True)
     with Run.open(opt, log_with=build_trackers(opt.logger.use_tb_logger)) as run:
         accelerator = run.accelerator
         split = instruction_split(ds.tasks, ds.holdout_every)
         encoder = InstructionEncoder.from_pretrained(opt.path.pretrained_bert, tasks=split.tasks,
                                                      max_length=t.max_length)
         optimizer = build_optimizer(encoder, opt)
-        scheduler = build_scheduler(optimizer, opt)
+        scheduler = build_warmup_linear_schedule(optimizer, opt)
         dataset = InstructionDataset(split.train, opt.manual_seed, ds.typo_prob)
         global_batch = ds.batch_size_per_gpu * accelerator.num_processes
         loader = DataLoader(dataset, batch_size=ds.batch_size_per_gpu, drop_last=True, collate_fn=_collate,
@@ -198,9 +201,7 @@ def train_instruction_encoder(opt: Options) -> Path:
         def save_weights(step: int) -> None:
             accelerator.unwrap_model(model).save_pretrained(folder)
 
-        run.loop(loader, scheduler, _step_function(opt, accelerator, model, optimizer),
-                 Schedule(t.total_iter, opt.logger.print_freq, opt.logger.save_checkpoint_freq, opt.val.val_freq,
-                          validate_at_end=True),
+        run.loop(loader, scheduler, _step_function(opt, accelerator, model, optimizer), when,
                  validate=_validation(accelerator, model, split.val, split.tasks), save_weights=save_weights,
                  desc="instruction encoder")
         accelerator.wait_for_everyone()

@@ -720,6 +720,7 @@ def train(opt: Options) -> Path:
         raise ValueError(f"train.micro_batches must be >= 1 (1: no gradient accumulation), got "
                          f"{opt.train.micro_batches}")
     t, log = opt.train, opt.logger
+    when = Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True)
     trackers = build_trackers(log.use_tb_logger, log.wandb.project, log.wandb.resume_id, run_name=opt.name)
     # a freeze window takes parameters out of autograd for a while: DDP must expect that
     with Run.open(opt, log_with=trackers, find_unused_parameters=t.param_fix_iterations > 0) as run:
@@ -760,7 +761,7 @@ def train(opt: Options) -> Path:
         run.loop(
             loader, scheduler, _step_function(opt, accelerator, model, optimizer, criterion, ema, guided, frozen,
                                              selector, embedder, daclip),
-            Schedule(t.total_iter, log.print_freq, log.save_checkpoint_freq, opt.val.val_freq, validate_at_end=True),
+            when,
             validate=(_validation(opt, accelerator, model, ema, val_sets, run.exp_dir, val_instructions, daclip)
                       if val_sets else None),
             save_weights=write_weights,

@@ -170,7 +170,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             raise OSError(errno.ENOSPC, f"No space left on device while writing {path} "
                                         f"(free space in {path.parent} and run again; {path.name} "
                                         f"keeps its previous content)") from error
-        if isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES):
+        if _is_not_writable(error):
             raise PermissionError(errno.EACCES, f"cannot write {path}: folder {path.parent} is not writable "
                                                 f"(read-only file system or missing permission)") from error
         raise
@@ -183,6 +183,11 @@ def _is_disk_full(error: BaseException) -> bool:
         return True
     text = str(error)
     return "No space left on device" in text or "StorageFull" in text or "os error 28" in text
+
+
+def _is_not_writable(error: BaseException) -> bool:
+    """A read-only file system or a missing permission."""
+    return isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES)
 
 
 #: Free bytes below which a failed write into a folder is taken for a full disk.
@@ -214,7 +219,7 @@ def naming_write_errors(folder: str | os.PathLike, what: str) -> Iterator[None]:
         if _is_disk_full(error) or _free_bytes(folder) < FULL_DISK_BYTES:
             raise OSError(errno.ENOSPC, f"No space left on device while writing {what} into {folder} "
                                         f"(free space there and run again)") from error
-        if isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES):
+        if _is_not_writable(error):
             raise PermissionError(errno.EACCES, f"cannot write {what}: folder {folder} is not writable "
                                                 f"(read-only file system or missing permission)") from error
         raise
